@@ -1,0 +1,179 @@
+//! The command line: `azgate serve`, `azgate check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigSource};
+use crate::{logging, server};
+
+/// Exit status for an invalid config.
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "azgate",
+    version,
+    about = "Authenticating reverse proxy for Azure REST APIs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Config file [default: $AZGATE_CONFIG, then ./proxy.toml, then a built-in default]
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and print the route table.
+    Check {
+        /// Config file [default: $AZGATE_CONFIG, then ./proxy.toml, then a built-in default]
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> ExitCode {
+    crate::install_crypto_provider();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(ConfigSource::resolve(config)),
+        Command::Serve { config } => serve(ConfigSource::resolve(config)),
+    }
+}
+
+fn load(source: &ConfigSource) -> Result<Config, ExitCode> {
+    source.load().map_err(|err| {
+        eprintln!("{err}");
+        eprintln!("azgate: the config has {} problem(s)", err.problems.len());
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check(source: ConfigSource) -> ExitCode {
+    match load(&source) {
+        Ok(config) => {
+            print!("{}", describe(&config));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn serve(source: ConfigSource) -> ExitCode {
+    let config = match load(&source) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    logging::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("azgate: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        tracing::info!(config = %config.file, version = env!("CARGO_PKG_VERSION"), "starting azgate");
+        let running = match server::start(config).await {
+            Ok(running) => running,
+            Err(err) => {
+                tracing::error!("{err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let signal = server::shutdown::signal().await;
+        tracing::info!("{signal} received: shutting down");
+        running.shutdown();
+        running.wait().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// What `check` prints: listeners, credentials and the route table.
+pub fn describe(config: &Config) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("config: {} (valid)\n", config.file));
+    out.push_str(&format!(
+        "proxy listener: http://{}\n",
+        config.server.listen
+    ));
+    match config.admin.listen {
+        Some(addr) => out.push_str(&format!("admin listener: http://{addr}\n")),
+        None => out.push_str("admin listener: disabled\n"),
+    }
+    out.push_str("\ncredentials:\n");
+    if config.credentials.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    let rows: Vec<[String; 2]> = config
+        .credentials
+        .iter()
+        .map(|(name, c)| [name.clone(), c.kind().to_string()])
+        .collect();
+    out.push_str(&table(&["NAME", "TYPE"], &rows));
+
+    out.push_str("\nroutes:\n");
+    let rows: Vec<[String; 4]> = config
+        .routes
+        .iter()
+        .map(|r| {
+            let mut upstream = r.upstream.to_string().trim_end_matches('/').to_string();
+            if !r.strip_prefix {
+                upstream.push_str(" (prefix kept)");
+            }
+            let credential = match &r.credential {
+                Some(name) => {
+                    let kind = config.credentials.get(name).map_or("?", |c| c.kind());
+                    format!("{name} ({kind})")
+                }
+                None => "none".to_string(),
+            };
+            let methods = r.methods.as_ref().map_or("any".to_string(), |m| {
+                m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
+            });
+            [r.prefix.clone(), upstream, credential, methods]
+        })
+        .collect();
+    out.push_str(&table(
+        &["PREFIX", "UPSTREAM", "CREDENTIAL", "METHODS"],
+        &rows,
+    ));
+    out
+}
+
+fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = headers.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::from("  ");
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}

@@ -1,0 +1,151 @@
+//! `${NAME}` and `${NAME:-fallback}` in string values, replaced from the environment before
+//! the file is validated. `$${` writes a literal `${`. Values taken from the environment are
+//! not expanded again, and never appear in error messages (they are often secrets).
+
+use super::error::{Problems, join};
+
+/// Replaces `${…}` in every string value of `value`, recording a problem for each
+/// variable that is missing or malformed.
+pub fn interpolate_tree(
+    value: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) {
+    match value {
+        toml::Value::String(s) => match interpolate(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(message) => problems.push(path, message),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_tree(item, &format!("{path}[{i}]"), env, problems);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (key, item) in table.iter_mut() {
+                interpolate_tree(item, &join(path, key), env, problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Expands one string.
+pub fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at..];
+        if let Some(literal) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = literal;
+        } else if let Some(inner) = after.strip_prefix("${") {
+            let end = inner.find('}').ok_or_else(|| {
+                "unterminated \"${\"; write ${NAME} (or $${ for a literal)".to_string()
+            })?;
+            let expr = &inner[..end];
+            let (name, fallback) = match expr.split_once(":-") {
+                Some((name, fallback)) => (name, Some(fallback)),
+                None => (expr, None),
+            };
+            if !is_variable_name(name) {
+                return Err(format!(
+                    "\"${{{expr}}}\" is not a valid variable reference; names use letters, digits and _"
+                ));
+            }
+            match (env(name), fallback) {
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(fallback)) => out.push_str(fallback),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write ${{{name}:-default}} to allow a default)"
+                    ));
+                }
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "TENANT" => Some("contoso".into()),
+            "EMPTY" => Some(String::new()),
+            "SELF" => Some("${TENANT}".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn table() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("plain", Ok("plain")),
+            ("${TENANT}", Ok("contoso")),
+            ("a-${TENANT}-b", Ok("a-contoso-b")),
+            ("${TENANT}${TENANT}", Ok("contosocontoso")),
+            ("${MISSING:-dflt}", Ok("dflt")),
+            ("${MISSING:-}", Ok("")),
+            ("${TENANT:-dflt}", Ok("contoso")),
+            ("${EMPTY:-dflt}", Ok("")),
+            ("${SELF}", Ok("${TENANT}")),
+            ("$${TENANT}", Ok("${TENANT}")),
+            ("cost $5", Ok("cost $5")),
+            ("$", Ok("$")),
+            ("${MISSING}", Err("environment variable MISSING is not set")),
+            ("${TENANT", Err("unterminated")),
+            ("${1BAD}", Err("not a valid variable reference")),
+            ("${}", Err("not a valid variable reference")),
+        ];
+        for (text, want) in cases {
+            let got = interpolate(text, &env);
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(g, w, "{text}"),
+                (Err(w), Err(g)) => assert!(g.contains(w), "{text}: {g}"),
+                _ => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tree_reports_every_missing_variable_with_its_path() {
+        let mut value: toml::Value = toml::from_str(
+            r#"
+            [credentials.arm]
+            client_secret = "${NOPE_1}"
+            [[routes]]
+            prefix = "${NOPE_2}"
+            methods = ["${TENANT}"]
+            "#,
+        )
+        .unwrap();
+        let mut problems = Problems::default();
+        interpolate_tree(&mut value, "", &env, &mut problems);
+        let err = problems.into_error("f.toml").to_string();
+        assert!(
+            err.contains("credentials.arm.client_secret: environment variable NOPE_1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("routes[0].prefix: environment variable NOPE_2"),
+            "{err}"
+        );
+        assert_eq!(value["routes"][0]["methods"][0].as_str(), Some("contoso"));
+    }
+}

@@ -1,0 +1,236 @@
+//! Configuration: TOML text -> `${VAR}` interpolation -> raw serde model (`raw`) ->
+//! validated, typed `Config` (`validate`, `credentials`, `routes`).
+//!
+//! Every problem in a file is collected and reported together, each with its key path,
+//! so one run of `azgate check` shows everything that needs fixing.
+
+mod credentials;
+mod error;
+mod interpolate;
+mod raw;
+mod routes;
+mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, Uri};
+use rustls::pki_types::CertificateDer;
+
+pub use error::{ConfigError, Problem};
+pub use units::{parse_duration, parse_size};
+
+/// The configuration used when no file is given: ARM through the `default` credential, so
+/// that after `az login` a bare `azgate serve` serves `/arm`.
+pub const EMBEDDED_DEFAULT: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[admin]
+listen = "127.0.0.1:9090"
+
+[credentials.default]
+type = "default"
+scope = "https://management.azure.com/.default"
+
+[[routes]]
+prefix = "/arm"
+upstream = "https://management.azure.com"
+credential = "default"
+"#;
+
+/// A validated configuration: what the proxy runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from, as shown in messages (a path or `<embedded default>`).
+    pub file: String,
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    /// Credentials by name.
+    pub credentials: BTreeMap<String, CredentialConfig>,
+    /// Routes in file order; the router picks the longest matching prefix.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address of the proxy listener. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Base URL used when rewriting upstream links; default: scheme + `Host` of the request.
+    pub public_url: Option<Uri>,
+    /// Allows a non-loopback listener without inbound access control.
+    pub allow_unauthenticated: bool,
+    /// How long in-flight requests may run after SIGTERM before the process exits.
+    pub shutdown_grace: Duration,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Address of the admin listener; `None` when disabled with `listen = ""`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive (`info`, `azgate=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// One `[credentials.NAME]` entry, validated for its `type`.
+#[derive(Debug, Clone)]
+pub enum CredentialConfig {
+    /// A fixed header, e.g. a bearer token taken from a variable. The value is marked
+    /// sensitive: its `Debug` prints `Sensitive`.
+    Static {
+        header: HeaderName,
+        value: HeaderValue,
+    },
+    /// An API Management subscription key (sensitive, like `Static`'s value).
+    SubscriptionKey {
+        header: HeaderName,
+        key: HeaderValue,
+    },
+}
+
+impl CredentialConfig {
+    /// The config `type` name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CredentialConfig::Static { .. } => "static",
+            CredentialConfig::SubscriptionKey { .. } => "subscription_key",
+        }
+    }
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Path prefix, without a trailing slash (except the catch-all `/`).
+    pub prefix: String,
+    /// Upstream base URL: scheme, authority and an optional base path.
+    pub upstream: Uri,
+    /// Name of the credential injected into requests; `None` forwards without one.
+    pub credential: Option<String>,
+    /// Remove the prefix before forwarding (default true).
+    pub strip_prefix: bool,
+    /// Methods allowed on this route; `None` allows every method.
+    pub methods: Option<Vec<Method>>,
+    /// Headers added to the upstream request when the client did not send them.
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Time allowed until the upstream's response headers arrive; also the longest pause
+    /// allowed between two chunks of the response body.
+    pub timeout: Duration,
+    /// Extra trusted roots for this upstream (a private CA), from `ca_file`.
+    pub ca_roots: Option<CaRoots>,
+}
+
+/// Certificates read from a route's `ca_file`.
+#[derive(Clone)]
+pub struct CaRoots {
+    pub path: PathBuf,
+    pub certs: Arc<Vec<CertificateDer<'static>>>,
+}
+
+impl std::fmt::Debug for CaRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CaRoots({}, {} certs)",
+            self.path.display(),
+            self.certs.len()
+        )
+    }
+}
+
+/// Where `serve` and `check` read their config from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Embedded,
+}
+
+impl ConfigSource {
+    /// `-c FILE`, else `$AZGATE_CONFIG`, else `./proxy.toml` when present, else the
+    /// embedded default.
+    pub fn resolve(cli: Option<PathBuf>) -> Self {
+        if let Some(path) = cli {
+            return ConfigSource::File(path);
+        }
+        if let Some(path) = std::env::var_os("AZGATE_CONFIG").filter(|p| !p.is_empty()) {
+            return ConfigSource::File(PathBuf::from(path));
+        }
+        let local = PathBuf::from("proxy.toml");
+        if local.is_file() {
+            return ConfigSource::File(local);
+        }
+        ConfigSource::Embedded
+    }
+
+    /// The name used in messages.
+    pub fn display_name(&self) -> String {
+        match self {
+            ConfigSource::File(path) => path.display().to_string(),
+            ConfigSource::Embedded => "<embedded default>".to_string(),
+        }
+    }
+
+    /// Reads and validates the config, with variables from the process environment.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok();
+        match self {
+            ConfigSource::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    file: self.display_name(),
+                    problems: vec![Problem {
+                        path: String::new(),
+                        message: format!("cannot read the config file: {e}"),
+                    }],
+                })?;
+                let base_dir = path.parent().unwrap_or(Path::new("."));
+                parse(&text, &self.display_name(), base_dir, &env)
+            }
+            ConfigSource::Embedded => {
+                parse(EMBEDDED_DEFAULT, &self.display_name(), Path::new("."), &env)
+            }
+        }
+    }
+}
+
+/// Parses and validates config text. `file` names it in messages; relative paths in it
+/// (such as `ca_file`) are resolved against `base_dir`; `env` supplies `${VAR}` values.
+pub fn parse(
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut problems = error::Problems::default();
+    let mut root: toml::Value = match toml::from_str(text) {
+        Ok(value) => value,
+        Err(e) => {
+            problems.push("", format!("not valid TOML: {}", e.to_string().trim_end()));
+            return Err(problems.into_error(file));
+        }
+    };
+    interpolate::interpolate_tree(&mut root, "", env, &mut problems);
+    let config = validate::validate(root, file, base_dir, &mut problems);
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(problems.into_error(file)),
+    }
+}

@@ -1,0 +1,306 @@
+//! `[[routes]]` -> `RouteConfig`: prefixes, upstream URLs, credential references, method
+//! lists, extra headers, timeouts and private CA files.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, Uri};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use super::error::{Problems, join};
+use super::raw::{self, RawRoute};
+use super::{CaRoots, RouteConfig, units};
+
+/// Default time to wait for an upstream's response headers.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Headers a route may not set: they describe the connection, not the request, or are
+/// managed by azgate itself.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "x-azgate-key",
+];
+
+pub fn validate_all(
+    values: Vec<toml::Value>,
+    credentials: &[&str],
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Vec<RouteConfig> {
+    let mut routes = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, value) in values.into_iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let Some(raw) = raw::section::<RawRoute>(value, &path, problems) else {
+            continue;
+        };
+        if let Some(route) = validate_one(raw, &path, credentials, base_dir, problems) {
+            if !seen.insert(route.prefix.clone()) {
+                problems.push(
+                    join(&path, "prefix"),
+                    format!("prefix \"{}\" is used by an earlier route", route.prefix),
+                );
+            }
+            routes.push(route);
+        }
+    }
+    routes
+}
+
+fn validate_one(
+    raw: RawRoute,
+    path: &str,
+    credentials: &[&str],
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<RouteConfig> {
+    let prefix = match raw.prefix {
+        Some(text) => prefix(&text)
+            .map_err(|m| problems.push(join(path, "prefix"), m))
+            .ok(),
+        None => {
+            problems.push(join(path, "prefix"), "missing key");
+            None
+        }
+    };
+    let upstream = match raw.upstream {
+        Some(text) => upstream(&text)
+            .map_err(|m| problems.push(join(path, "upstream"), m))
+            .ok(),
+        None => {
+            problems.push(join(path, "upstream"), "missing key");
+            None
+        }
+    };
+    if let Some(name) = &raw.credential {
+        if !credentials.contains(&name.as_str()) {
+            let known = if credentials.is_empty() {
+                "none".to_string()
+            } else {
+                credentials.join(", ")
+            };
+            problems.push(
+                join(path, "credential"),
+                format!("unknown credential \"{name}\"; known: {known}"),
+            );
+        }
+    }
+    let methods = raw
+        .methods
+        .map(|list| methods(&list, &join(path, "methods"), problems));
+    let set_headers = raw
+        .set_headers
+        .map(|map| {
+            map.into_iter()
+                .filter_map(|(name, value)| {
+                    set_header(
+                        &name,
+                        &value,
+                        &join(&join(path, "set_headers"), &name),
+                        problems,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let timeout = match raw.timeout {
+        Some(text) => match units::parse_duration(&text) {
+            Ok(d) if d.is_zero() => {
+                problems.push(join(path, "timeout"), "must be greater than zero");
+                DEFAULT_TIMEOUT
+            }
+            Ok(d) => d,
+            Err(m) => {
+                problems.push(join(path, "timeout"), m);
+                DEFAULT_TIMEOUT
+            }
+        },
+        None => DEFAULT_TIMEOUT,
+    };
+    let ca_roots = raw.ca_file.and_then(|file| {
+        ca_roots(&file, base_dir)
+            .map_err(|m| problems.push(join(path, "ca_file"), m))
+            .ok()
+    });
+    Some(RouteConfig {
+        prefix: prefix?,
+        upstream: upstream?,
+        credential: raw.credential,
+        strip_prefix: raw.strip_prefix.unwrap_or(true),
+        methods,
+        set_headers,
+        timeout,
+        ca_roots,
+    })
+}
+
+/// Normalises a prefix: it starts with `/`, has no empty segments, query or fragment, and
+/// loses a trailing slash (`/vi/` is `/vi`), except the catch-all `/`.
+fn prefix(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!("prefix \"{text}\" must start with '/'"));
+    }
+    if text.contains(['?', '#']) || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "prefix \"{text}\" must be a plain path (no query, fragment or spaces)"
+        ));
+    }
+    let trimmed = text.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok("/".to_string());
+    }
+    if trimmed.contains("//") {
+        return Err(format!("prefix \"{text}\" has an empty path segment"));
+    }
+    if trimmed.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!("prefix \"{text}\" has a dot segment"));
+    }
+    Ok(trimmed.to_string())
+}
+
+fn upstream(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("invalid URL \"{text}\": {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(format!(
+                "upstream \"{text}\" must be an http:// or https:// URL"
+            ));
+        }
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(format!("upstream \"{text}\" has no host"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "upstream \"{text}\" must not carry user information; use a credential"
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(format!("upstream \"{text}\" must not have a query string"));
+    }
+    Ok(uri)
+}
+
+fn methods(list: &[String], path: &str, problems: &mut Problems) -> Vec<Method> {
+    if list.is_empty() {
+        problems.push(
+            path,
+            "an empty list would refuse every request; omit `methods` to allow all",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, text) in list.iter().enumerate() {
+        let upper = text.to_ascii_uppercase();
+        match Method::from_bytes(upper.as_bytes()) {
+            Ok(m) if !text.is_empty() => {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+            _ => problems.push(
+                format!("{path}[{i}]"),
+                format!("\"{text}\" is not an HTTP method"),
+            ),
+        }
+    }
+    out
+}
+
+fn set_header(
+    name: &str,
+    value: &str,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<(HeaderName, HeaderValue)> {
+    let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+        problems.push(path, format!("\"{name}\" is not a valid header name"));
+        return None;
+    };
+    if RESERVED_HEADERS.contains(&header.as_str()) {
+        problems.push(
+            path,
+            format!("\"{name}\" is managed by azgate and cannot be set"),
+        );
+        return None;
+    }
+    match HeaderValue::from_str(value) {
+        Ok(v) => Some((header, v)),
+        Err(_) => {
+            problems.push(path, "value contains characters not allowed in a header");
+            None
+        }
+    }
+}
+
+fn ca_roots(file: &str, base_dir: &Path) -> Result<CaRoots, String> {
+    let path = base_dir.join(file);
+    let text =
+        std::fs::read(&path).map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("\"{}\" is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("\"{}\" holds no PEM certificate", path.display()));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for cert in &certs {
+        store.add(cert.clone()).map_err(|e| {
+            format!(
+                "\"{}\" holds a certificate rustls cannot use as a root: {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(CaRoots {
+        path,
+        certs: Arc::new(certs),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/vi", Some("/vi")),
+            ("/vi/", Some("/vi")),
+            ("/", Some("/")),
+            ("//", Some("/")),
+            ("/a/b", Some("/a/b")),
+            ("vi", None),
+            ("/a//b", None),
+            ("/a?x=1", None),
+            ("/a/../b", None),
+            ("/a b", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(prefix(text).ok().as_deref(), *want, "{text}");
+        }
+    }
+
+    #[test]
+    fn upstreams() {
+        assert!(upstream("https://api.videoindexer.ai").is_ok());
+        assert!(upstream("http://127.0.0.1:9000/base").is_ok());
+        assert!(upstream("ftp://x").is_err());
+        assert!(upstream("api.videoindexer.ai").is_err());
+        assert!(upstream("https://u:p@host").is_err());
+        assert!(upstream("https://host/?q=1").is_err());
+    }
+}

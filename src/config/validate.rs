@@ -1,0 +1,174 @@
+//! Raw model -> typed `Config`: the top level, `[server]`, `[admin]` and `[log]`.
+//! Credentials and routes have their own files. Every check records a problem and goes on.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Uri;
+
+use super::error::Problems;
+use super::raw::{self, RawAdmin, RawLog, RawServer};
+use super::{AdminConfig, Config, LogConfig, LogFormat, ServerConfig, credentials, routes, units};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Validates the whole (already interpolated) document. Returns `None` only when nothing
+/// usable could be built; callers also check `problems`.
+pub fn validate(
+    root: toml::Value,
+    file: &str,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<Config> {
+    let toml::Value::Table(table) = root else {
+        problems.push("", "the config must be a TOML table");
+        return None;
+    };
+    let mut server = RawServer::default();
+    let mut admin = RawAdmin::default();
+    let mut log = RawLog::default();
+    let mut credential_tables = toml::Table::new();
+    let mut route_values = Vec::new();
+    for (key, value) in table {
+        match key.as_str() {
+            "server" => server = raw::section(value, "server", problems).unwrap_or_default(),
+            "admin" => admin = raw::section(value, "admin", problems).unwrap_or_default(),
+            "log" => log = raw::section(value, "log", problems).unwrap_or_default(),
+            "credentials" => match value {
+                toml::Value::Table(t) => credential_tables = t,
+                _ => problems.push(
+                    "credentials",
+                    "must be a table of [credentials.NAME] tables",
+                ),
+            },
+            "routes" => match value {
+                toml::Value::Array(items) => route_values = items,
+                _ => problems.push("routes", "must be an array of [[routes]] tables"),
+            },
+            _ => problems.push(
+                key,
+                "unknown key; expected server, admin, log, credentials or routes",
+            ),
+        }
+    }
+
+    let server = validate_server(server, problems);
+    let admin = validate_admin(admin, problems);
+    let log = validate_log(log, problems);
+    let credentials = credentials::validate_all(credential_tables, problems);
+    let known: Vec<&str> = credentials.iter().map(|(name, _)| name.as_str()).collect();
+    let routes = routes::validate_all(route_values, &known, base_dir, problems);
+
+    Some(Config {
+        file: file.to_string(),
+        server,
+        admin,
+        log,
+        credentials: credentials.into_iter().collect::<BTreeMap<_, _>>(),
+        routes,
+    })
+}
+
+fn validate_server(raw: RawServer, problems: &mut Problems) -> ServerConfig {
+    let listen = socket_addr(
+        raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+        "server.listen",
+        problems,
+    )
+    .unwrap_or_else(|| fallback_addr(DEFAULT_LISTEN));
+    let public_url = raw.public_url.and_then(|text| {
+        public_url(&text)
+            .map_err(|m| problems.push("server.public_url", m))
+            .ok()
+    });
+    let shutdown_grace = raw
+        .shutdown_grace
+        .map(|text| {
+            units::parse_duration(&text)
+                .map_err(|m| problems.push("server.shutdown_grace", m))
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE)
+        })
+        .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    if raw.tls.is_some() {
+        problems.push(
+            "server.tls",
+            "TLS on the proxy listener is not available in this build yet; terminate TLS in front of azgate",
+        );
+    }
+    if raw.inbound.is_some() {
+        problems.push(
+            "server.inbound",
+            "inbound access control is not available in this build yet; keep the listener on loopback",
+        );
+    }
+    ServerConfig {
+        listen,
+        public_url,
+        allow_unauthenticated: raw.allow_unauthenticated.unwrap_or(false),
+        shutdown_grace,
+    }
+}
+
+fn validate_admin(raw: RawAdmin, problems: &mut Problems) -> AdminConfig {
+    let listen = match raw.listen.as_deref() {
+        Some("") => None,
+        Some(text) => socket_addr(text, "admin.listen", problems),
+        None => Some(fallback_addr(DEFAULT_ADMIN_LISTEN)),
+    };
+    AdminConfig { listen }
+}
+
+fn validate_log(raw: RawLog, problems: &mut Problems) -> LogConfig {
+    let format = match raw.format.as_deref() {
+        None | Some("pretty") => LogFormat::Pretty,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            problems.push(
+                "log.format",
+                format!("unknown format \"{other}\"; expected \"pretty\" or \"json\""),
+            );
+            LogFormat::Pretty
+        }
+    };
+    let level = raw.level.unwrap_or_else(|| "info".to_string());
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+        problems.push("log.level", format!("invalid filter \"{level}\": {e}"));
+    }
+    LogConfig { format, level }
+}
+
+fn socket_addr(text: &str, path: &str, problems: &mut Problems) -> Option<SocketAddr> {
+    match text.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(
+                path,
+                format!("invalid address \"{text}\"; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""),
+            );
+            None
+        }
+    }
+}
+
+/// The built-in defaults are literals that always parse; the fallback keeps validation
+/// going after a bad value without a panic path.
+fn fallback_addr(text: &str) -> SocketAddr {
+    text.parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
+}
+
+fn public_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("invalid URL \"{text}\": {e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) if uri.query().is_none() => Ok(uri),
+        _ => Err(format!(
+            "invalid URL \"{text}\"; write an absolute http(s) URL such as \"https://gw.contoso.com\""
+        )),
+    }
+}

@@ -1,0 +1,53 @@
+//! The hot state: everything built from one config that the request path reads. The
+//! server holds it in an `ArcSwap`, so a reload builds a new `Gateway` off the request
+//! path and swaps it in whole; requests in flight keep the snapshot they started with.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::credentials::CredentialSet;
+use crate::proxy::forward::UpstreamClient;
+use crate::proxy::route::{Route, Router};
+
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub credentials: CredentialSet,
+}
+
+impl Gateway {
+    pub fn build(config: Config) -> Self {
+        let credentials = CredentialSet::from_config(&config.credentials);
+        // Routes share one pooled client unless they trust a private CA: one pool per
+        // trust configuration keeps connections reusable across routes to the same host.
+        let shared = UpstreamClient::new(None);
+        let mut by_ca: HashMap<PathBuf, UpstreamClient> = HashMap::new();
+        let routes = config
+            .routes
+            .iter()
+            .map(|route| {
+                let client = match &route.ca_roots {
+                    Some(ca) => by_ca
+                        .entry(ca.path.clone())
+                        .or_insert_with(|| UpstreamClient::new(Some(ca)))
+                        .clone(),
+                    None => shared.clone(),
+                };
+                // References were checked when the config was validated.
+                let credential = route
+                    .credential
+                    .as_deref()
+                    .and_then(|name| credentials.get(name).cloned());
+                Route::new(route.clone(), credential, client)
+            })
+            .collect();
+        Self {
+            config: Arc::new(config),
+            router: Router::new(routes),
+            credentials,
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The "log" phase: one access-log event per request, written when the response body is
+//! finished or dropped, so it carries the real byte counts and total duration.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::Method;
+use tokio::time::Instant;
+
+/// What is known about a request as it goes through the path; emitted once.
+#[derive(Debug)]
+pub struct AccessLog {
+    started: Instant,
+    pub peer: SocketAddr,
+    pub method: Method,
+    /// Path and query with credential-like query values redacted.
+    pub path: String,
+    /// The matched route's prefix (bounded cardinality), if any.
+    pub route: Option<String>,
+    pub status: u16,
+    /// The `x-ms-client-request-id` sent upstream and returned to the client.
+    pub request_id: String,
+    /// The upstream's `x-ms-request-id`, for support tickets.
+    pub upstream_request_id: Option<String>,
+    /// Time from sending the request upstream to its response headers.
+    pub upstream_duration: Option<Duration>,
+    /// Request body bytes forwarded, counted as they stream.
+    pub bytes_in: Arc<AtomicU64>,
+    /// azgate's error code when azgate answered itself.
+    pub error: Option<&'static str>,
+}
+
+impl AccessLog {
+    pub fn start(peer: SocketAddr, method: Method, path: String, request_id: String) -> Self {
+        Self {
+            started: Instant::now(),
+            peer,
+            method,
+            path,
+            route: None,
+            status: 0,
+            request_id,
+            upstream_request_id: None,
+            upstream_duration: None,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            error: None,
+        }
+    }
+
+    /// Writes the event. `complete` is false when the body was cut short (client gone,
+    /// upstream error or idle timeout).
+    pub fn emit(self, bytes_out: u64, complete: bool) {
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let upstream_ms = self.upstream_duration.map(|d| d.as_secs_f64() * 1000.0);
+        tracing::info!(
+            target: "azgate::access",
+            peer = %self.peer,
+            method = %self.method,
+            route = self.route.as_deref(),
+            path = %self.path,
+            status = self.status,
+            duration_ms,
+            upstream_ms,
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            request_id = %self.request_id,
+            upstream_request_id = self.upstream_request_id.as_deref(),
+            error = self.error,
+            complete,
+            "request"
+        );
+    }
+}

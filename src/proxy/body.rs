@@ -1,0 +1,180 @@
+//! Body types of the request path. Bodies are streamed frame by frame and never collected:
+//! `CountingBody` counts request bytes on their way upstream, `ResponseBody` counts response
+//! bytes on their way to the client, bounds idle pauses, and writes the access log line
+//! when the response is finished (or abandoned by the client).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use tokio::time::{Instant, Sleep};
+
+use super::access_log::AccessLog;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Any body on the request path, type-erased.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Wraps any body into a `ProxyBody`.
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// Counts the data bytes that pass through into a shared counter.
+pub struct CountingBody<B> {
+    inner: B,
+    counter: Arc<AtomicU64>,
+}
+
+impl<B> CountingBody<B> {
+    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
+        Self { inner, counter }
+    }
+}
+
+impl<B> Body for CountingBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The upstream went quiet in the middle of a response body for longer than the route's
+/// timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent nothing for {} in the middle of the response body", humantime::format_duration(*.0))]
+pub struct BodyIdleTimeout(pub Duration);
+
+/// The body sent to the client.
+pub struct ResponseBody {
+    inner: ProxyBody,
+    idle: Option<IdleTimer>,
+    bytes: u64,
+    finished: bool,
+    failed: bool,
+    log: Option<AccessLog>,
+}
+
+struct IdleTimer {
+    limit: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl ResponseBody {
+    /// `idle_limit` bounds the pause between two frames (upstream bodies only).
+    pub fn new(inner: ProxyBody, idle_limit: Option<Duration>, log: AccessLog) -> Self {
+        let idle = idle_limit.map(|limit| IdleTimer {
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+        });
+        Self {
+            inner,
+            idle,
+            bytes: 0,
+            finished: false,
+            failed: false,
+            log: Some(log),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if let Some(idle) = &mut this.idle {
+                    idle.sleep.as_mut().reset(Instant::now() + idle.limit);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.failed = true;
+                Poll::Ready(Some(Err(err)))
+            }
+            Poll::Ready(None) => {
+                this.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(idle) = &mut this.idle {
+                    if idle.sleep.as_mut().poll(cx).is_ready() {
+                        this.failed = true;
+                        return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(idle.limit)))));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            let complete = !self.failed && (self.finished || self.inner.is_end_stream());
+            log.emit(self.bytes, complete);
+        }
+    }
+}

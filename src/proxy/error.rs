@@ -1,0 +1,172 @@
+//! Errors of the request path, and the one function that turns them into responses.
+//!
+//! Each error knows who failed (`ErrorSource`) so logs say whether to look at the client,
+//! the upstream or a credential. The response is JSON in Azure's error shape with an
+//! `x-azgate-error` header, so clients can tell azgate's answers from the upstream's.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::{self, ProxyBody};
+use crate::credentials::CredentialError;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    Client,
+    Upstream,
+    Credential,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches the path {path}")]
+    RouteNotFound { path: String },
+    #[error("method {method} is not allowed on {route}; allowed: {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        route: String,
+        allowed: String,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    CredentialUnavailable(#[from] CredentialError),
+    #[error("upstream {upstream} is unreachable: {reason}")]
+    UpstreamUnreachable { upstream: String, reason: String },
+    #[error("upstream {upstream} sent no response headers within {}", humantime::format_duration(*.after))]
+    UpstreamTimeout { upstream: String, after: Duration },
+}
+
+impl ProxyError {
+    /// The stable error code of the contract (`route_not_found`, …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::RouteNotFound { .. } => "route_not_found",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::CredentialUnavailable(_) => "credential_unavailable",
+            ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::CredentialUnavailable(_) | ProxyError::UpstreamUnreachable { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn source(&self) -> ErrorSource {
+        match self {
+            ProxyError::RouteNotFound { .. }
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::BadRequest(_) => ErrorSource::Client,
+            ProxyError::CredentialUnavailable(_) => ErrorSource::Credential,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
+                ErrorSource::Upstream
+            }
+        }
+    }
+}
+
+/// The response for an error of azgate itself: the only place errors become HTTP.
+pub fn respond(err: &ProxyError, request_id: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "error": {
+            "code": err.code(),
+            "message": err.to_string(),
+            "request_id": request_id,
+        }
+    });
+    let mut response = Response::new(body::full(body.to_string()));
+    *response.status_mut() = err.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert("x-azgate-error", HeaderValue::from_static(err.code()));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let ProxyError::MethodNotAllowed { allowed, .. } = err {
+        if let Ok(value) = HeaderValue::from_str(allowed) {
+            headers.insert(header::ALLOW, value);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn every_error_is_json_with_code_and_header() {
+        let cases = [
+            (
+                ProxyError::RouteNotFound { path: "/x".into() },
+                404,
+                "route_not_found",
+            ),
+            (
+                ProxyError::MethodNotAllowed {
+                    method: "POST".into(),
+                    route: "/vi".into(),
+                    allowed: "GET, HEAD".into(),
+                },
+                405,
+                "method_not_allowed",
+            ),
+            (ProxyError::BadRequest("bad".into()), 400, "bad_request"),
+            (
+                ProxyError::CredentialUnavailable(CredentialError {
+                    credential: "arm".into(),
+                    reason: "AADSTS7000215".into(),
+                }),
+                502,
+                "credential_unavailable",
+            ),
+            (
+                ProxyError::UpstreamUnreachable {
+                    upstream: "u".into(),
+                    reason: "refused".into(),
+                },
+                502,
+                "upstream_unreachable",
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    upstream: "u".into(),
+                    after: Duration::from_secs(5),
+                },
+                504,
+                "upstream_timeout",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let response = respond(&err, "rid-1");
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(response.headers()["x-azgate-error"], code);
+            if status == 405 {
+                assert_eq!(response.headers()["allow"], "GET, HEAD");
+            }
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(json["error"]["code"], code);
+            assert_eq!(json["error"]["request_id"], "rid-1");
+            assert!(
+                json["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
+        }
+    }
+}

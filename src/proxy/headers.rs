@@ -1,0 +1,246 @@
+//! Header hygiene, both directions: hop-by-hop headers removed, the client's own
+//! credentials stripped, route headers added, and the request id carried through.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `x-ms-client-request-id`: chosen by the client (or azgate), logged by Azure.
+pub const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
+/// `x-ms-request-id`: the upstream's own id for the request.
+pub const UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
+/// The inbound key header of azgate; never forwarded.
+pub const AZGATE_KEY: HeaderName = HeaderName::from_static("x-azgate-key");
+
+/// Headers that only describe one connection (RFC 9110 §7.6.1), plus the proxy
+/// credentials of that hop.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Credentials a client may send itself; azgate replaces them, never merges.
+static CLIENT_CREDENTIALS: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("ocp-apim-subscription-key"),
+    AZGATE_KEY,
+];
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, the fixed list
+/// above, and `TE` unless it asks for `trailers` (then exactly `TE: trailers` is kept).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let wants_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| {
+            token
+                .split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if wants_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Strips the client's `Authorization`, `Ocp-Apim-Subscription-Key` and `x-azgate-key`.
+pub fn strip_client_credentials(headers: &mut HeaderMap) {
+    for name in &CLIENT_CREDENTIALS {
+        headers.remove(name);
+    }
+}
+
+/// Adds each route header the client did not send.
+pub fn add_missing(headers: &mut HeaderMap, set_headers: &[(HeaderName, HeaderValue)]) {
+    for (name, value) in set_headers {
+        if !headers.contains_key(name) {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// The client's `x-ms-client-request-id` when it is a sensible id (1–256 visible ASCII
+/// characters), else a new UUID.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get(CLIENT_REQUEST_ID) {
+        let bytes = value.as_bytes();
+        if !bytes.is_empty()
+            && bytes.len() <= 256
+            && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+        {
+            return value.clone();
+        }
+    }
+    let id = uuid::Uuid::new_v4();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+        .unwrap_or(HeaderValue::from_static("invalid-uuid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<String> {
+        let mut n: Vec<String> = h
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn hop_by_hop_table() {
+        let cases: &[(&[(&str, &str)], &[&str])] = &[
+            (
+                &[("connection", "close"), ("accept", "*/*")],
+                &["accept: */*"],
+            ),
+            (
+                &[
+                    ("connection", "keep-alive, X-Foo"),
+                    ("x-foo", "1"),
+                    ("x-bar", "2"),
+                ],
+                &["x-bar: 2"],
+            ),
+            (
+                &[
+                    ("connection", "x-a"),
+                    ("connection", "x-b"),
+                    ("x-a", "1"),
+                    ("x-b", "1"),
+                ],
+                &[],
+            ),
+            (
+                &[
+                    ("keep-alive", "timeout=5"),
+                    ("proxy-connection", "keep-alive"),
+                ],
+                &[],
+            ),
+            (&[("te", "trailers")], &["te: trailers"]),
+            (&[("te", "gzip, trailers;q=0.5")], &["te: trailers"]),
+            (&[("te", "gzip")], &[]),
+            (
+                &[("trailer", "x-checksum"), ("transfer-encoding", "chunked")],
+                &[],
+            ),
+            (
+                &[
+                    ("upgrade", "websocket"),
+                    ("proxy-authorization", "Basic x"),
+                    ("proxy-authenticate", "Basic"),
+                ],
+                &[],
+            ),
+            (
+                &[
+                    ("content-type", "application/json"),
+                    ("x-ms-version", "2.19"),
+                ],
+                &["content-type: application/json", "x-ms-version: 2.19"],
+            ),
+            (
+                &[("connection", "bad header name!"), ("x-keep", "1")],
+                &["x-keep: 1"],
+            ),
+        ];
+        for (input, want) in cases {
+            let mut h = map(input);
+            remove_hop_by_hop(&mut h);
+            assert_eq!(
+                names(&h),
+                want.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_credentials_are_stripped() {
+        let mut h = map(&[
+            ("authorization", "Bearer client"),
+            ("Ocp-Apim-Subscription-Key", "k"),
+            ("x-azgate-key", "g"),
+            ("accept", "*/*"),
+        ]);
+        strip_client_credentials(&mut h);
+        assert_eq!(names(&h), vec!["accept: */*"]);
+    }
+
+    #[test]
+    fn set_headers_only_fill_gaps() {
+        let mut h = map(&[("x-ms-version", "client")]);
+        add_missing(
+            &mut h,
+            &[
+                (
+                    HeaderName::from_static("x-ms-version"),
+                    HeaderValue::from_static("2.19"),
+                ),
+                (
+                    HeaderName::from_static("dataserviceversion"),
+                    HeaderValue::from_static("3.0"),
+                ),
+            ],
+        );
+        assert_eq!(
+            names(&h),
+            vec!["dataserviceversion: 3.0", "x-ms-version: client"]
+        );
+    }
+
+    #[test]
+    fn request_id_is_kept_or_made() {
+        let h = map(&[("x-ms-client-request-id", "abc-123")]);
+        assert_eq!(request_id(&h), "abc-123");
+        for bad in [
+            &[][..],
+            &[("x-ms-client-request-id", "has space")][..],
+            &[("x-ms-client-request-id", "")][..],
+        ] {
+            let id = request_id(&map(bad));
+            assert_eq!(id.len(), 36, "{bad:?}");
+            assert!(uuid::Uuid::parse_str(id.to_str().unwrap()).is_ok());
+        }
+        let long = "a".repeat(300);
+        assert_eq!(
+            request_id(&map(&[("x-ms-client-request-id", &long)])).len(),
+            36
+        );
+    }
+}

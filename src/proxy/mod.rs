@@ -1,0 +1,132 @@
+//! The request path, top to bottom:
+//!
+//! ```text
+//! route -> prepare upstream request (strip, inject credential) -> send -> rewrite response
+//!       -> log
+//! ```
+//!
+//! `Proxy::handle` is the whole path for one request; each phase is a named function in
+//! its own module. Errors of any phase become a response in `error::respond`, and only there.
+
+pub mod access_log;
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod prepare;
+pub mod query;
+pub mod route;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use self::access_log::AccessLog;
+use self::body::{ProxyBody, ResponseBody};
+use self::error::ProxyError;
+use crate::gateway::Gateway;
+
+/// The proxy service shared by every connection. Cloning is cheap.
+#[derive(Clone)]
+pub struct Proxy {
+    gateway: Arc<ArcSwap<Gateway>>,
+}
+
+impl Proxy {
+    pub fn new(gateway: Arc<ArcSwap<Gateway>>) -> Self {
+        Self { gateway }
+    }
+
+    /// Serves one request. Never fails: azgate's own errors are responses too.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        // One snapshot of the hot state for the whole request, even if a reload lands.
+        let gateway = self.gateway.load_full();
+        let request_id = headers::request_id(request.headers());
+        let mut log = AccessLog::start(
+            peer,
+            request.method().clone(),
+            query::redact_for_log(request.uri().path(), request.uri().query()),
+            request_id.to_str().unwrap_or_default().to_string(),
+        );
+
+        let (mut response, idle_limit) =
+            match forward(request, &gateway, &request_id, &mut log).await {
+                Ok((response, idle_limit)) => (response, Some(idle_limit)),
+                Err(err) => {
+                    log.error = Some(err.code());
+                    tracing::debug!(request_id = %log.request_id, source = ?err.source(), "{err}");
+                    (error::respond(&err, &log.request_id), None)
+                }
+            };
+        response
+            .headers_mut()
+            .insert(headers::CLIENT_REQUEST_ID, request_id);
+        log.status = response.status().as_u16();
+        response.map(|body| ResponseBody::new(body, idle_limit, log))
+    }
+}
+
+/// route -> prepare -> send -> rewrite. Returns the response and the idle limit for its body.
+async fn forward(
+    request: Request<Incoming>,
+    gateway: &Gateway,
+    request_id: &HeaderValue,
+    log: &mut AccessLog,
+) -> Result<(Response<ProxyBody>, std::time::Duration), ProxyError> {
+    // route
+    let route =
+        gateway
+            .router
+            .route(request.uri().path())
+            .ok_or_else(|| ProxyError::RouteNotFound {
+                path: request.uri().path().to_string(),
+            })?;
+    log.route = Some(route.prefix().to_string());
+    route.check_method(request.method())?;
+
+    // prepare upstream request: strip, inject credential
+    let injection = match &route.credential {
+        Some(credential) => Some(credential.authorize().await?),
+        None => None,
+    };
+    let upstream_request =
+        prepare::upstream_request(request, route, injection, request_id, log.bytes_in.clone())?;
+
+    // send
+    let sent = Instant::now();
+    let result = route
+        .client
+        .send(
+            upstream_request,
+            route.config.timeout,
+            &route.upstream_label,
+        )
+        .await;
+    log.upstream_duration = Some(sent.elapsed());
+    let response = result?;
+
+    // rewrite response
+    Ok((rewrite_response(response, log), route.config.timeout))
+}
+
+/// The "rewrite response" phase: hop-by-hop headers removed, the upstream's request id
+/// noted for the log; the body streams on untouched.
+fn rewrite_response(response: Response<Incoming>, log: &mut AccessLog) -> Response<ProxyBody> {
+    let (mut parts, incoming) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    log.upstream_request_id = parts
+        .headers
+        .get(headers::UPSTREAM_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, body::boxed(incoming))
+}

@@ -1,0 +1,210 @@
+//! The "route" phase: which configured route serves a request path, whether its method
+//! is allowed, and where on the upstream the request goes.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use super::error::ProxyError;
+use super::forward::UpstreamClient;
+use crate::config::RouteConfig;
+use crate::credentials::Credential;
+
+/// A configured route, ready to serve: its config, its credential and its upstream client.
+#[derive(Debug)]
+pub struct Route {
+    pub config: RouteConfig,
+    pub credential: Option<Arc<Credential>>,
+    pub client: UpstreamClient,
+    /// The `Allow` header value, when `methods` restricts the route.
+    allow: Option<String>,
+    /// The upstream without a trailing slash, for messages.
+    pub upstream_label: String,
+}
+
+impl Route {
+    pub fn new(
+        config: RouteConfig,
+        credential: Option<Arc<Credential>>,
+        client: UpstreamClient,
+    ) -> Self {
+        let allow = config.methods.as_ref().map(|methods| {
+            methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let upstream_label = config
+            .upstream
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
+        Self {
+            config,
+            credential,
+            client,
+            allow,
+            upstream_label,
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.config.prefix
+    }
+
+    /// 405 with the allowed methods when the route restricts them.
+    pub fn check_method(&self, method: &Method) -> Result<(), ProxyError> {
+        match (&self.config.methods, &self.allow) {
+            (Some(methods), Some(allow)) if !methods.contains(method) => {
+                Err(ProxyError::MethodNotAllowed {
+                    method: method.to_string(),
+                    route: self.config.prefix.clone(),
+                    allowed: allow.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The upstream path for a request path: the prefix removed when `strip_prefix` is
+    /// on, appended to the upstream's base path.
+    pub fn upstream_path(&self, path: &str) -> String {
+        let rest = if self.config.strip_prefix && self.config.prefix != "/" {
+            path.get(self.config.prefix.len()..).unwrap_or("")
+        } else {
+            path
+        };
+        let base = self.config.upstream.path().trim_end_matches('/');
+        let mut out = String::with_capacity(base.len() + rest.len() + 1);
+        out.push_str(base);
+        out.push_str(rest);
+        if !out.starts_with('/') {
+            out.insert(0, '/');
+        }
+        out
+    }
+}
+
+/// Routes ordered longest prefix first, so the first match is the most specific.
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Arc<Route>>,
+}
+
+impl Router {
+    pub fn new(routes: Vec<Route>) -> Self {
+        let mut routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
+        routes.sort_by(|a, b| b.config.prefix.len().cmp(&a.config.prefix.len()));
+        Self { routes }
+    }
+
+    /// The route for `path`, matched on whole segments: `/vi` matches `/vi` and `/vi/x`,
+    /// not `/video`.
+    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
+        if !path.starts_with('/') {
+            return None;
+        }
+        self.routes
+            .iter()
+            .find(|r| segment_match(&r.config.prefix, path))
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+}
+
+fn segment_match(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || (path.starts_with(prefix)
+            && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
+        let config = RouteConfig {
+            prefix: prefix.to_string(),
+            upstream: upstream.parse().unwrap(),
+            credential: None,
+            strip_prefix: strip,
+            methods: None,
+            set_headers: Vec::new(),
+            timeout: Duration::from_secs(1),
+            ca_roots: None,
+        };
+        Route::new(config, None, UpstreamClient::new(None))
+    }
+
+    #[test]
+    fn longest_whole_segment_prefix_wins() {
+        let router = Router::new(vec![
+            route("/", "http://root", true),
+            route("/vi", "http://vi", true),
+            route("/vi/trial", "http://trial", true),
+        ]);
+        let cases = [
+            ("/vi", "/vi"),
+            ("/vi/", "/vi"),
+            ("/vi/x", "/vi"),
+            ("/video", "/"),
+            ("/vi/trial", "/vi/trial"),
+            ("/vi/trial/Accounts", "/vi/trial"),
+            ("/vi/trials", "/vi"),
+            ("/", "/"),
+            ("/other", "/"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(router.route(path).map(|r| r.prefix()), Some(want), "{path}");
+        }
+        let no_root = Router::new(vec![route("/vi", "http://vi", true)]);
+        assert!(no_root.route("/video").is_none());
+        assert!(no_root.route("/").is_none());
+        assert!(no_root.route("*").is_none());
+    }
+
+    #[test]
+    fn upstream_paths() {
+        let cases = [
+            (
+                "/vi",
+                "http://u",
+                true,
+                "/vi/trial/Accounts",
+                "/trial/Accounts",
+            ),
+            ("/vi", "http://u", true, "/vi", "/"),
+            ("/vi", "http://u", true, "/vi/", "/"),
+            ("/vi", "http://u/api", true, "/vi/x", "/api/x"),
+            ("/vi", "http://u/api/", true, "/vi/x", "/api/x"),
+            ("/vi", "http://u/api", true, "/vi", "/api"),
+            ("/vi", "http://u", false, "/vi/x", "/vi/x"),
+            ("/vi", "http://u/base", false, "/vi/x", "/base/vi/x"),
+            ("/", "http://u", true, "/x/y", "/x/y"),
+            ("/", "http://u/api", true, "/x", "/api/x"),
+        ];
+        for (prefix, upstream, strip, path, want) in cases {
+            assert_eq!(
+                route(prefix, upstream, strip).upstream_path(path),
+                want,
+                "{prefix} {upstream} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn method_allow_list() {
+        let mut r = route("/vi", "http://u", true);
+        r.config.methods = Some(vec![Method::GET, Method::HEAD]);
+        let r = Route::new(r.config.clone(), None, UpstreamClient::new(None));
+        assert!(r.check_method(&Method::GET).is_ok());
+        match r.check_method(&Method::POST) {
+            Err(ProxyError::MethodNotAllowed { allowed, .. }) => assert_eq!(allowed, "GET, HEAD"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Listeners and the connection lifecycle: bind, accept, serve HTTP/1.1 and HTTP/2 (h2c
+//! prior knowledge) with hyper-util's auto builder, and drain on shutdown.
+
+mod listener;
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Health};
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::proxy::Proxy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} for the {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started server. Dropping it does not stop it; call `shutdown` then `wait`.
+pub struct RunningServer {
+    /// Where the proxy listens (the real port when the config asked for port 0).
+    pub proxy_addr: SocketAddr,
+    /// Where the admin endpoints listen, when enabled.
+    pub admin_addr: Option<SocketAddr>,
+    /// The hot state, swapped whole on reload.
+    pub gateway: Arc<ArcSwap<Gateway>>,
+    pub health: Arc<Health>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting and starts draining in-flight requests.
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Resolves when the server has drained (or the grace period ran out).
+    pub async fn wait(self) {
+        if let Err(err) = self.task.await {
+            tracing::error!("server task failed: {err}");
+        }
+    }
+}
+
+/// Binds the listeners and starts serving in the background.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    let proxy_listener = bind(config.server.listen, "proxy").await?;
+    let proxy_addr = local_addr(&proxy_listener, config.server.listen);
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(bind(addr, "admin endpoints").await?),
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .zip(config.admin.listen)
+        .map(|(l, configured)| local_addr(l, configured));
+
+    tracing::info!(addr = %proxy_addr, "proxy listening on http://{proxy_addr}");
+    if let Some(addr) = admin_addr {
+        tracing::info!(%addr, "admin listening on http://{addr} (/healthz /readyz)");
+    }
+
+    let grace = config.server.shutdown_grace;
+    let gateway = Arc::new(ArcSwap::from_pointee(Gateway::build(config)));
+    let health = Arc::new(Health::default());
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run(
+        proxy_listener,
+        admin_listener,
+        Proxy::new(gateway.clone()),
+        health.clone(),
+        grace,
+        stopped,
+    ));
+    Ok(RunningServer {
+        proxy_addr,
+        admin_addr,
+        gateway,
+        health,
+        stop,
+        task,
+    })
+}
+
+async fn run(
+    proxy_listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    proxy: Proxy,
+    health: Arc<Health>,
+    grace: Duration,
+    stopped: watch::Receiver<bool>,
+) {
+    // The admin listener outlives the proxy's drain so /readyz can report it.
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let admin_task =
+        admin_listener.map(|l| tokio::spawn(admin::serve(l, health.clone(), admin_stopped)));
+
+    let connections = listener::accept_until(proxy_listener, proxy, stopped).await;
+    health.set_draining();
+    connections.drain(grace).await;
+
+    admin_stop.send_replace(true);
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(configured)
+}
