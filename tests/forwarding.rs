@@ -11,12 +11,19 @@ use support::{Azgate, MockUpstream, TestCa, client, full, h2c_client, json, seen
 #[tokio::test]
 async fn path_and_query_reach_the_upstream_byte_for_byte() {
     let upstream = MockUpstream::echo().await;
-    let gw = Azgate::start(&format!("[[routes]]\nprefix = \"/vi\"\nupstream = \"{}\"\n", upstream.url)).await;
+    let gw = Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/vi\"\nupstream = \"{}\"\n",
+        upstream.url
+    ))
+    .await;
     let query = "name=a%20b&x=%2F%2f&y=1+2&empty=&flag&accessToken=client-token&utf=%C3%A9&z=a=b";
     let url = format!("{}/vi/trial/Accounts/abc/Videos?{query}", gw.url);
     let echo = json(client().get(url).send().await.unwrap()).await;
     assert_eq!(echo["path"], "/trial/Accounts/abc/Videos");
-    assert_eq!(echo["query"], "name=a%20b&x=%2F%2f&y=1+2&empty=&flag&utf=%C3%A9&z=a=b");
+    assert_eq!(
+        echo["query"],
+        "name=a%20b&x=%2F%2f&y=1+2&empty=&flag&utf=%C3%A9&z=a=b"
+    );
 }
 
 #[tokio::test]
@@ -55,7 +62,10 @@ async fn longest_whole_segment_prefix_wins_and_prefix_is_stripped() {
     assert_eq!(seen(&echo, "host"), vec![b.addr.to_string()]);
 
     let echo = json(get("/vi/trials").await.unwrap()).await;
-    assert_eq!(echo["path"], "/trials", "a partial segment must not match /vi/trial");
+    assert_eq!(
+        echo["path"], "/trials",
+        "a partial segment must not match /vi/trial"
+    );
 
     let echo = json(get("/keep/x").await.unwrap()).await;
     assert_eq!(echo["path"], "/keep/x");
@@ -66,7 +76,11 @@ async fn longest_whole_segment_prefix_wins_and_prefix_is_stripped() {
         assert_eq!(response.headers()["x-azgate-error"], "route_not_found");
         let body = json(response).await;
         assert_eq!(body["error"]["code"], "route_not_found");
-        assert!(body["error"]["request_id"].as_str().is_some_and(|id| id.len() == 36));
+        assert!(
+            body["error"]["request_id"]
+                .as_str()
+                .is_some_and(|id| id.len() == 36)
+        );
     }
 }
 
@@ -112,11 +126,18 @@ async fn request_headers_are_cleaned_and_route_headers_added() {
         "ocp-apim-subscription-key",
         "x-azgate-key",
     ] {
-        assert!(seen(&echo, gone).is_empty(), "{gone} reached the upstream: {echo}");
+        assert!(
+            seen(&echo, gone).is_empty(),
+            "{gone} reached the upstream: {echo}"
+        );
     }
     assert_eq!(seen(&echo, "te"), vec!["trailers"]);
     assert_eq!(seen(&echo, "host"), vec![upstream.addr.to_string()]);
-    assert_eq!(seen(&echo, "x-ms-version"), vec!["2.11"], "the client's own value wins");
+    assert_eq!(
+        seen(&echo, "x-ms-version"),
+        vec!["2.11"],
+        "the client's own value wins"
+    );
     assert_eq!(seen(&echo, "dataserviceversion"), vec!["3.0"]);
     assert_eq!(seen(&echo, "accept"), vec!["application/json"]);
 }
@@ -135,13 +156,20 @@ async fn response_hop_by_hop_headers_are_removed() {
             .unwrap()
     })
     .await;
-    let gw = Azgate::start(&format!("[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\n", upstream.url)).await;
+    let gw = Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\n",
+        upstream.url
+    ))
+    .await;
     let response = client().get(format!("{}/x", gw.url)).send().await.unwrap();
     let headers = response.headers().clone();
     assert_eq!(response.text().await.unwrap(), "ok");
     assert!(headers.get("x-upstream-hop").is_none());
     assert!(headers.get("proxy-authenticate").is_none());
-    assert_ne!(headers.get("keep-alive").map(|v| v.as_bytes()), Some(&b"timeout=99"[..]));
+    assert_ne!(
+        headers.get("keep-alive").map(|v| v.as_bytes()),
+        Some(&b"timeout=99"[..])
+    );
     assert_eq!(headers["x-kept"], "yes");
     assert_eq!(headers["x-ms-request-id"], "up-1");
 }
@@ -196,7 +224,10 @@ async fn credentials_replace_what_the_client_sent() {
     assert_eq!(echo["query"], "a=1");
 
     let echo = json(send("/apim/x").await.unwrap()).await;
-    assert_eq!(seen(&echo, "ocp-apim-subscription-key"), vec!["primary-key"]);
+    assert_eq!(
+        seen(&echo, "ocp-apim-subscription-key"),
+        vec!["primary-key"]
+    );
     assert!(seen(&echo, "authorization").is_empty());
 
     let echo = json(send("/custom/x").await.unwrap()).await;
@@ -211,7 +242,11 @@ async fn credentials_replace_what_the_client_sent() {
 #[tokio::test]
 async fn request_ids_are_forwarded_and_returned() {
     let upstream = MockUpstream::echo().await;
-    let gw = Azgate::start(&format!("[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\n", upstream.url)).await;
+    let gw = Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\n",
+        upstream.url
+    ))
+    .await;
     let c = client();
 
     let response = c
@@ -221,15 +256,29 @@ async fn request_ids_are_forwarded_and_returned() {
         .await
         .unwrap();
     assert_eq!(response.headers()["x-ms-client-request-id"], "my-id-42");
-    assert_eq!(seen(&json(response).await, "x-ms-client-request-id"), vec!["my-id-42"]);
+    assert_eq!(
+        seen(&json(response).await, "x-ms-client-request-id"),
+        vec!["my-id-42"]
+    );
 
     let response = c.get(format!("{}/x", gw.url)).send().await.unwrap();
-    let returned = response.headers()["x-ms-client-request-id"].to_str().unwrap().to_string();
+    let returned = response.headers()["x-ms-client-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(uuid::Uuid::parse_str(&returned).is_ok(), "{returned}");
-    assert_eq!(seen(&json(response).await, "x-ms-client-request-id"), vec![returned.as_str()]);
+    assert_eq!(
+        seen(&json(response).await, "x-ms-client-request-id"),
+        vec![returned.as_str()]
+    );
 
     let response = c.get(format!("{}/y", gw.url)).send().await.unwrap();
-    assert_ne!(response.headers()["x-ms-client-request-id"].to_str().unwrap(), returned);
+    assert_ne!(
+        response.headers()["x-ms-client-request-id"]
+            .to_str()
+            .unwrap(),
+        returned
+    );
 }
 
 #[tokio::test]
@@ -241,8 +290,22 @@ async fn methods_outside_the_allow_list_get_405_with_allow() {
     ))
     .await;
     let c = client();
-    assert_eq!(c.get(format!("{}/ro/x", gw.url)).send().await.unwrap().status(), 200);
-    assert_eq!(c.head(format!("{}/ro/x", gw.url)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(format!("{}/ro/x", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.head(format!("{}/ro/x", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let response = c
         .post(format!("{}/ro/x", gw.url))
         .header("x-ms-client-request-id", "rid-405")
@@ -265,7 +328,10 @@ async fn unreachable_upstream_is_502_json() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let gw = Azgate::start(&format!("[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:{port}\"\n")).await;
+    let gw = Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:{port}\"\n"
+    ))
+    .await;
     let response = client().get(format!("{}/x", gw.url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(response.headers()["x-azgate-error"], "upstream_unreachable");
@@ -298,15 +364,32 @@ async fn slow_upstream_headers_are_504_json() {
 #[tokio::test]
 async fn h2c_and_http1_clients_are_both_served() {
     let upstream = MockUpstream::echo().await;
-    let gw = Azgate::start(&format!("[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\n", upstream.url)).await;
-    let h2 = h2c_client().post(format!("{}/a?q=1", gw.url)).body("hello h2").send().await.unwrap();
+    let gw = Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\n",
+        upstream.url
+    ))
+    .await;
+    let h2 = h2c_client()
+        .post(format!("{}/a?q=1", gw.url))
+        .body("hello h2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(h2.version(), http::Version::HTTP_2);
     let echo = json(h2).await;
     assert_eq!(echo["body"], "hello h2");
     assert_eq!(echo["query"], "q=1");
-    assert_eq!(echo["version"], "HTTP/1.1", "plain upstreams are spoken to in HTTP/1.1");
+    assert_eq!(
+        echo["version"], "HTTP/1.1",
+        "plain upstreams are spoken to in HTTP/1.1"
+    );
 
-    let h1 = client().post(format!("{}/b", gw.url)).body("hello h1").send().await.unwrap();
+    let h1 = client()
+        .post(format!("{}/b", gw.url))
+        .body("hello h1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(h1.version(), http::Version::HTTP_11);
     assert_eq!(json(h1).await["body"], "hello h1");
 }
@@ -321,20 +404,38 @@ async fn tls_upstream_with_private_ca_negotiates_h2() {
         ca.ca_pem_path.display()
     ));
     let gw = Azgate::start_with(&text, std::path::Path::new("."), &Default::default()).await;
-    let echo = json(client().post(format!("{}/secure", gw.url)).body("over tls").send().await.unwrap()).await;
+    let echo = json(
+        client()
+            .post(format!("{}/secure", gw.url))
+            .body("over tls")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(echo["version"], "HTTP/2.0");
     assert_eq!(echo["path"], "/secure");
     assert_eq!(echo["body"], "over tls");
-    assert_eq!(echo["authority"], format!("localhost:{}", upstream.addr.port()));
+    assert_eq!(
+        echo["authority"],
+        format!("localhost:{}", upstream.addr.port())
+    );
 }
 
 #[tokio::test]
 async fn tls_upstream_without_the_ca_is_refused() {
     let ca = TestCa::new();
     let upstream = MockUpstream::start_tls(&ca, support::echo).await;
-    let gw = Azgate::start(&format!("[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\n", upstream.url)).await;
+    let gw = Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\n",
+        upstream.url
+    ))
+    .await;
     let response = client().get(format!("{}/x", gw.url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
-    let message = json(response).await["error"]["message"].as_str().unwrap().to_string();
+    let message = json(response).await["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(message.to_lowercase().contains("certificate"), "{message}");
 }

@@ -223,7 +223,15 @@ pub fn parse(
     let mut root: toml::Value = match toml::from_str(text) {
         Ok(value) => value,
         Err(e) => {
-            problems.push("", format!("not valid TOML: {}", e.to_string().trim_end()));
+            let at = e.span().map(|span| line_and_column(text, span.start));
+            let message = e.message().trim_end();
+            match at {
+                Some((line, column)) => problems.push(
+                    "",
+                    format!("not valid TOML at line {line}, column {column}: {message}"),
+                ),
+                None => problems.push("", format!("not valid TOML: {message}")),
+            }
             return Err(problems.into_error(file));
         }
     };
@@ -233,4 +241,12 @@ pub fn parse(
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(problems.into_error(file)),
     }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }

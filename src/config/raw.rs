@@ -110,7 +110,10 @@ pub fn section<T: DeserializeOwned>(
         Err(err) => {
             let at = err.path().to_string();
             let at = if at == "." { String::new() } else { at };
-            problems.push(join(path, &at), err.into_inner().to_string());
+            problems.push(
+                join(path, &at),
+                err.into_inner().message().trim_end().to_string(),
+            );
             None
         }
     }

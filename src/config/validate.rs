@@ -59,9 +59,12 @@ pub fn validate(
     let server = validate_server(server, problems);
     let admin = validate_admin(admin, problems);
     let log = validate_log(log, problems);
+    // Routes may name any declared credential, valid or not: a broken credential is
+    // reported once, at its own path, not again at every route that uses it.
+    let declared: Vec<String> = credential_tables.keys().cloned().collect();
+    let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
     let credentials = credentials::validate_all(credential_tables, problems);
-    let known: Vec<&str> = credentials.iter().map(|(name, _)| name.as_str()).collect();
-    let routes = routes::validate_all(route_values, &known, base_dir, problems);
+    let routes = routes::validate_all(route_values, &declared, base_dir, problems);
 
     Some(Config {
         file: file.to_string(),

@@ -29,7 +29,9 @@ pub fn init() {
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A certificate authority made for one test run, with its PEM written to a temp dir.
@@ -67,8 +69,9 @@ impl TestCa {
     /// A leaf certificate for `localhost` and 127.0.0.1, as (cert PEM, key PEM).
     pub fn server_cert(&self) -> (String, String) {
         let key = rcgen::KeyPair::generate().expect("leaf key");
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("leaf params");
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("leaf params");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
         (cert.pem(), key.serialize_pem())
     }
@@ -143,7 +146,9 @@ impl MockUpstream {
         let task = tokio::spawn(async move {
             let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let handler = handler.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
@@ -159,7 +164,9 @@ impl MockUpstream {
                             }
                         }
                         None => {
-                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
                         }
                     }
                 });
@@ -172,7 +179,11 @@ impl MockUpstream {
 /// Describes the request as JSON: method, path, query, version, headers, body.
 pub async fn echo(request: Request<Incoming>) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let mut headers: HashMap<String, Vec<String>> = HashMap::new();
     for (name, value) in &parts.headers {
         headers
@@ -216,7 +227,8 @@ impl Azgate {
     pub async fn start_with(text: &str, base_dir: &Path, env: &HashMap<&str, &str>) -> Self {
         init();
         let lookup = |name: &str| env.get(name).map(|v| v.to_string());
-        let config = azgate::config::parse(text, "test.toml", base_dir, &lookup).unwrap_or_else(|e| panic!("{e}"));
+        let config = azgate::config::parse(text, "test.toml", base_dir, &lookup)
+            .unwrap_or_else(|e| panic!("{e}"));
         let server = azgate::server::start(config).await.expect("start azgate");
         Self {
             addr: server.proxy_addr,
