@@ -114,15 +114,20 @@ pub fn describe(config: &Config) -> String {
     out.push_str("\ncredentials:\n");
     if config.credentials.is_empty() {
         out.push_str("  (none)\n");
+    } else {
+        let rows: Vec<[String; 2]> = config
+            .credentials
+            .iter()
+            .map(|(name, c)| [name.clone(), c.kind().to_string()])
+            .collect();
+        out.push_str(&table(&["NAME", "TYPE"], &rows));
     }
-    let rows: Vec<[String; 2]> = config
-        .credentials
-        .iter()
-        .map(|(name, c)| [name.clone(), c.kind().to_string()])
-        .collect();
-    out.push_str(&table(&["NAME", "TYPE"], &rows));
 
     out.push_str("\nroutes:\n");
+    if config.routes.is_empty() {
+        out.push_str("  (none: every request gets 404 route_not_found)\n");
+        return out;
+    }
     let rows: Vec<[String; 4]> = config
         .routes
         .iter()

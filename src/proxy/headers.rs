@@ -123,7 +123,8 @@ mod tests {
 
     #[test]
     fn hop_by_hop_table() {
-        let cases: &[(&[(&str, &str)], &[&str])] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 &[("connection", "close"), ("accept", "*/*")],
                 &["accept: */*"],

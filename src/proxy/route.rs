@@ -95,7 +95,7 @@ pub struct Router {
 impl Router {
     pub fn new(routes: Vec<Route>) -> Self {
         let mut routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
-        routes.sort_by(|a, b| b.config.prefix.len().cmp(&a.config.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.config.prefix.len()));
         Self { routes }
     }
 
