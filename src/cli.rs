@@ -84,7 +84,7 @@ fn serve(source: ConfigSource) -> ExitCode {
     };
     runtime.block_on(async {
         tracing::info!(config = %config.file, version = env!("CARGO_PKG_VERSION"), "starting azgate");
-        let running = match server::start(config).await {
+        let running = match server::start(config, crate::env::Env::process()).await {
             Ok(running) => running,
             Err(err) => {
                 tracing::error!("{err}");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::credentials::CredentialSet;
+use crate::env::Env;
 use crate::proxy::forward::UpstreamClient;
 use crate::proxy::route::{Route, Router};
 
@@ -19,8 +20,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn build(config: Config) -> Self {
-        let credentials = CredentialSet::from_config(&config.credentials);
+    pub fn build(config: Config, env: &Env) -> Self {
+        let credentials = CredentialSet::build(&config.credentials, env);
         // Routes share one pooled client unless they trust a private CA: one pool per
         // trust configuration keeps connections reusable across routes to the same host.
         let shared = UpstreamClient::new(None);

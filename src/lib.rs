@@ -20,6 +20,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod env;
 pub mod gateway;
 pub mod logging;
 pub mod proxy;

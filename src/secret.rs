@@ -1,7 +1,7 @@
 //! A string that must never be printed: client secrets, subscription keys, tokens.
 //!
-//! `Secret` has no `Display`, and its `Debug` prints a placeholder, so a stray `{:?}` on a
-//! config or credential struct cannot leak it into a log line or an error body.
+//! `Secret`'s `Debug` and `Display` both print `***`, so a stray `{:?}` or `{}` on a config
+//! or credential struct cannot leak it into a log line or an error body.
 
 use std::fmt;
 
@@ -22,7 +22,13 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -33,8 +39,9 @@ mod tests {
     #[test]
     fn debug_never_shows_the_value() {
         let s = Secret::new("hunter2-very-secret");
-        let printed = format!("{s:?} {:#?}", Some(&s));
+        let printed = format!("{s:?} {:#?} {s}", Some(&s));
         assert!(!printed.contains("hunter2"), "{printed}");
+        assert_eq!(format!("{s}"), "***");
         assert_eq!(s.expose(), "hunter2-very-secret");
     }
 }

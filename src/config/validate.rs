@@ -63,7 +63,7 @@ pub fn validate(
     // reported once, at its own path, not again at every route that uses it.
     let declared: Vec<String> = credential_tables.keys().cloned().collect();
     let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
-    let credentials = credentials::validate_all(credential_tables, problems);
+    let credentials = credentials::validate_all(credential_tables, base_dir, problems);
     let routes = routes::validate_all(route_values, &declared, base_dir, problems);
 
     Some(Config {

@@ -7,19 +7,19 @@ use super::Injection;
 /// A fixed header, validated (and marked sensitive) when the config was loaded.
 #[derive(Debug)]
 pub struct FixedHeader {
-    kind: &'static str,
     name: HeaderName,
     value: HeaderValue,
 }
 
 impl FixedHeader {
-    pub fn new(kind: &'static str, name: HeaderName, mut value: HeaderValue) -> Self {
+    pub fn new(name: HeaderName, mut value: HeaderValue) -> Self {
         value.set_sensitive(true);
-        Self { kind, name, value }
+        Self { name, value }
     }
 
-    pub fn kind(&self) -> &'static str {
-        self.kind
+    /// The configured value, for `azgate token NAME`.
+    pub fn reveal(&self) -> String {
+        String::from_utf8_lossy(self.value.as_bytes()).into_owned()
     }
 
     /// Cloning a `HeaderValue` shares its bytes: no allocation per request.
@@ -38,7 +38,6 @@ mod tests {
     #[test]
     fn injects_a_sensitive_header_and_hides_it_in_debug() {
         let fixed = FixedHeader::new(
-            "subscription_key",
             HeaderName::from_static("ocp-apim-subscription-key"),
             HeaderValue::from_static("k-123-secret"),
         );

@@ -1,19 +1,30 @@
 //! Credentials: what the "prepare upstream request" phase injects.
 //!
-//! A `Credential` is built from one `[credentials.NAME]` table and answers one question,
-//! asynchronously: what to add to the next upstream request (`Injection`). Fixed values
-//! (`static`, `subscription_key`) answer at once; token sources, added next, answer from a
-//! cache that refreshes ahead of expiry.
+//! A `Credential` is built from one `[credentials.NAME]` table. Fixed values (`static`,
+//! `subscription_key`) answer at once; token sources (one file each) sit behind a
+//! `TokenCache` that refreshes ahead of expiry, so requests do not wait on token
+//! endpoints while a valid token is held.
 
+mod azure_cli;
+mod cache;
+mod default_chain;
+mod entra;
 mod fixed;
+mod managed_identity;
+pub mod token;
+mod video_indexer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, header};
 
-use crate::config::CredentialConfig;
+pub use cache::{CacheStatus, TokenCache};
+
+use crate::config::{CredentialConfig, VideoIndexerInject};
+use crate::env::Env;
 use crate::secret::Secret;
+use token::{Token, TokenSource};
 
 /// What a credential adds to an upstream request.
 #[derive(Debug, Clone)]
@@ -37,50 +48,112 @@ pub struct CredentialError {
     pub reason: String,
 }
 
+/// The injection for one request, and the token behind it (to reject it on a 401).
+#[derive(Debug, Clone)]
+pub struct Authorization {
+    pub injection: Injection,
+    token: Option<Arc<Token>>,
+}
+
 /// One named credential.
 #[derive(Debug)]
 pub struct Credential {
     name: String,
+    kind: &'static str,
     source: Source,
 }
 
 #[derive(Debug)]
 enum Source {
     Fixed(fixed::FixedHeader),
+    /// An Entra ID token, sent as `Authorization: Bearer`.
+    Bearer(Arc<TokenCache>),
+    /// A Video Indexer account token, in the query or as a bearer header.
+    VideoIndexer {
+        cache: Arc<TokenCache>,
+        inject: VideoIndexerInject,
+    },
 }
 
 impl Credential {
-    pub fn from_config(name: &str, config: &CredentialConfig) -> Self {
-        let source =
-            match config {
-                CredentialConfig::Static { header, value } => Source::Fixed(
-                    fixed::FixedHeader::new("static", header.clone(), value.clone()),
-                ),
-                CredentialConfig::SubscriptionKey { header, key } => Source::Fixed(
-                    fixed::FixedHeader::new("subscription_key", header.clone(), key.clone()),
-                ),
-            };
-        Self {
-            name: name.to_string(),
-            source,
-        }
-    }
-
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The config `type` of this credential.
     pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The token cache, for token credentials.
+    pub fn cache(&self) -> Option<&Arc<TokenCache>> {
         match &self.source {
-            Source::Fixed(f) => f.kind(),
+            Source::Fixed(_) => None,
+            Source::Bearer(cache) | Source::VideoIndexer { cache, .. } => Some(cache),
         }
     }
 
     /// What to inject into the next upstream request.
-    pub async fn authorize(&self) -> Result<Injection, CredentialError> {
+    pub async fn authorize(&self) -> Result<Authorization, CredentialError> {
         match &self.source {
-            Source::Fixed(f) => Ok(f.injection()),
+            Source::Fixed(fixed) => Ok(Authorization {
+                injection: fixed.injection(),
+                token: None,
+            }),
+            Source::Bearer(cache) => {
+                let token = cache.token().await.map_err(|e| self.error(e.message))?;
+                Ok(Authorization {
+                    injection: Injection::Header {
+                        name: header::AUTHORIZATION,
+                        value: token.bearer.clone(),
+                    },
+                    token: Some(token),
+                })
+            }
+            Source::VideoIndexer { cache, inject } => {
+                let token = cache.token().await.map_err(|e| self.error(e.message))?;
+                let injection = match inject {
+                    VideoIndexerInject::Query => Injection::Query {
+                        name: "accessToken",
+                        value: token.value.clone(),
+                    },
+                    VideoIndexerInject::Header => Injection::Header {
+                        name: header::AUTHORIZATION,
+                        value: token.bearer.clone(),
+                    },
+                };
+                Ok(Authorization {
+                    injection,
+                    token: Some(token),
+                })
+            }
+        }
+    }
+
+    /// The upstream answered 401 to a request carrying `used`: drop that token and fetch
+    /// another. Returns whether replaying the request with a new token makes sense.
+    pub fn reject(&self, used: &Authorization) -> bool {
+        match (self.cache(), &used.token) {
+            (Some(cache), Some(token)) => cache.reject(token),
+            _ => false,
+        }
+    }
+
+    /// The bare token or key, for `azgate token NAME`.
+    pub async fn reveal(&self) -> Result<String, CredentialError> {
+        match &self.source {
+            Source::Fixed(fixed) => Ok(fixed.reveal()),
+            Source::Bearer(cache) | Source::VideoIndexer { cache, .. } => {
+                let token = cache.token().await.map_err(|e| self.error(e.message))?;
+                Ok(token.value.expose().to_string())
+            }
+        }
+    }
+
+    fn error(&self, reason: String) -> CredentialError {
+        CredentialError {
+            credential: self.name.clone(),
+            reason,
         }
     }
 }
@@ -92,16 +165,49 @@ pub struct CredentialSet {
 }
 
 impl CredentialSet {
-    pub fn from_config(configs: &BTreeMap<String, CredentialConfig>) -> Self {
-        let by_name = configs
-            .iter()
-            .map(|(name, config)| {
-                (
-                    name.clone(),
-                    Arc::new(Credential::from_config(name, config)),
-                )
-            })
-            .collect();
+    /// Builds every credential. Video Indexer credentials that buy their token with an
+    /// ARM token are built after the credential they name (validated to exist).
+    pub fn build(configs: &BTreeMap<String, CredentialConfig>, env: &Env) -> Self {
+        let mut by_name = BTreeMap::new();
+        for (name, config) in configs {
+            if let Some(source) = simple_source(config) {
+                let credential = Credential {
+                    name: name.clone(),
+                    kind: config.kind(),
+                    source,
+                };
+                by_name.insert(name.clone(), Arc::new(credential));
+            } else if let Some(token_source) = entra_source(config, env) {
+                let credential = Credential {
+                    name: name.clone(),
+                    kind: config.kind(),
+                    source: Source::Bearer(TokenCache::new(name.clone(), token_source)),
+                };
+                by_name.insert(name.clone(), Arc::new(credential));
+            }
+        }
+        for (name, config) in configs {
+            let CredentialConfig::VideoIndexer(vi) = config else {
+                continue;
+            };
+            let arm = match &vi.auth {
+                crate::config::VideoIndexerAuth::Arm { arm, .. } => by_name
+                    .get(arm)
+                    .and_then(|c: &Arc<Credential>| c.cache())
+                    .cloned(),
+                crate::config::VideoIndexerAuth::Classic { .. } => None,
+            };
+            let source = video_indexer::VideoIndexer::new(vi, arm);
+            let credential = Credential {
+                name: name.clone(),
+                kind: config.kind(),
+                source: Source::VideoIndexer {
+                    cache: TokenCache::new(name.clone(), Box::new(source)),
+                    inject: vi.inject,
+                },
+            };
+            by_name.insert(name.clone(), Arc::new(credential));
+        }
         Self { by_name }
     }
 
@@ -112,4 +218,35 @@ impl CredentialSet {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Credential>> {
         self.by_name.values()
     }
+}
+
+fn simple_source(config: &CredentialConfig) -> Option<Source> {
+    match config {
+        CredentialConfig::Static { header, value } => Some(Source::Fixed(fixed::FixedHeader::new(
+            header.clone(),
+            value.clone(),
+        ))),
+        CredentialConfig::SubscriptionKey { header, key } => Some(Source::Fixed(
+            fixed::FixedHeader::new(header.clone(), key.clone()),
+        )),
+        _ => None,
+    }
+}
+
+/// The token source of an Entra ID credential type.
+fn entra_source(config: &CredentialConfig, env: &Env) -> Option<Box<dyn TokenSource>> {
+    let source: Box<dyn TokenSource> = match config {
+        CredentialConfig::ClientSecret(c) => Box::new(entra::ClientSecret::new(c, env)),
+        CredentialConfig::ClientCertificate(c) => Box::new(entra::ClientCertificate::new(c, env)),
+        CredentialConfig::WorkloadIdentity(c) => Box::new(entra::WorkloadIdentity::new(c, env)),
+        CredentialConfig::ManagedIdentity(c) => {
+            Box::new(managed_identity::ManagedIdentity::new(c, env))
+        }
+        CredentialConfig::AzureCli(c) => Box::new(azure_cli::AzureCli::new(c, env)),
+        CredentialConfig::Default(c) => Box::new(default_chain::DefaultChain::new(c, env)),
+        CredentialConfig::Static { .. }
+        | CredentialConfig::SubscriptionKey { .. }
+        | CredentialConfig::VideoIndexer(_) => return None,
+    };
+    Some(source)
 }

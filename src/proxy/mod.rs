@@ -94,7 +94,7 @@ async fn forward(
 
     // prepare upstream request: strip, inject credential
     let injection = match &route.credential {
-        Some(credential) => Some(credential.authorize().await?),
+        Some(credential) => Some(credential.authorize().await?.injection),
         None => None,
     };
     let upstream_request =

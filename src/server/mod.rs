@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Health};
 use crate::config::Config;
+use crate::env::Env;
 use crate::gateway::Gateway;
 use crate::proxy::Proxy;
 
@@ -56,7 +57,8 @@ impl RunningServer {
 }
 
 /// Binds the listeners and starts serving in the background.
-pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+/// Credential sources read their variables from `env`.
+pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError> {
     let proxy_listener = bind(config.server.listen, "proxy").await?;
     let proxy_addr = local_addr(&proxy_listener, config.server.listen);
     let admin_listener = match config.admin.listen {
@@ -74,7 +76,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
 
     let grace = config.server.shutdown_grace;
-    let gateway = Arc::new(ArcSwap::from_pointee(Gateway::build(config)));
+    let gateway = Arc::new(ArcSwap::from_pointee(Gateway::build(config, &env)));
     let health = Arc::new(Health::default());
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(run(

@@ -21,6 +21,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod entra;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -229,7 +231,14 @@ impl Azgate {
         let lookup = |name: &str| env.get(name).map(|v| v.to_string());
         let config = azgate::config::parse(text, "test.toml", base_dir, &lookup)
             .unwrap_or_else(|e| panic!("{e}"));
-        let server = azgate::server::start(config).await.expect("start azgate");
+        let env = azgate::env::Env::from_map(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let server = azgate::server::start(config, env)
+            .await
+            .expect("start azgate");
         Self {
             addr: server.proxy_addr,
             url: format!("http://{}", server.proxy_addr),
