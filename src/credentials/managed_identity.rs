@@ -12,6 +12,11 @@ impl ManagedIdentity {
     pub fn new(_config: &ManagedIdentityConfig, _env: &Env) -> Self {
         Self
     }
+
+    /// For the `default` chain: one attempt, short timeouts.
+    pub fn probing(self) -> Self {
+        self
+    }
 }
 
 impl TokenSource for ManagedIdentity {
