@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigSource};
+use crate::credentials::CredentialSet;
+use crate::env::Env;
 use crate::{logging, server};
 
 /// Exit status for an invalid config.
@@ -35,6 +37,17 @@ pub enum Command {
         /// Config file [default: $AZGATE_CONFIG, then ./proxy.toml, then a built-in default]
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Also fetch one token per credential and print its source and expiry (never the token).
+        #[arg(long)]
+        probe: bool,
+    },
+    /// Fetch the credential NAME and print the bare token (or key) on stdout.
+    Token {
+        /// The credential's name in the config.
+        name: String,
+        /// Config file [default: $AZGATE_CONFIG, then ./proxy.toml, then a built-in default]
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -43,8 +56,9 @@ pub fn main() -> ExitCode {
     crate::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(ConfigSource::resolve(config)),
+        Command::Check { config, probe } => check(ConfigSource::resolve(config), probe),
         Command::Serve { config } => serve(ConfigSource::resolve(config)),
+        Command::Token { name, config } => token(ConfigSource::resolve(config), &name),
     }
 }
 
@@ -56,13 +70,123 @@ fn load(source: &ConfigSource) -> Result<Config, ExitCode> {
     })
 }
 
-fn check(source: ConfigSource) -> ExitCode {
-    match load(&source) {
-        Ok(config) => {
-            print!("{}", describe(&config));
+fn check(source: ConfigSource, probe: bool) -> ExitCode {
+    let config = match load(&source) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    print!("{}", describe(&config));
+    if !probe {
+        return ExitCode::SUCCESS;
+    }
+    logging::init_quiet();
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let report = runtime.block_on(probe_credentials(&config, &Env::process()));
+    print!("{}", report.text);
+    if report.all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// What `check --probe` found.
+pub struct ProbeReport {
+    pub text: String,
+    pub all_ok: bool,
+}
+
+/// Fetches one token per credential (concurrently) and describes each: source and time
+/// to expiry, or why it failed. Never the token.
+pub async fn probe_credentials(config: &Config, env: &Env) -> ProbeReport {
+    let credentials = CredentialSet::build(&config.credentials, env);
+    let probes = credentials.iter().map(|credential| async move {
+        let result = credential.authorize().await;
+        let source = credential.cache().map_or_else(
+            || "fixed value from the config".to_string(),
+            |c| c.describe(),
+        );
+        let outcome = match (&result, credential.cache()) {
+            (Ok(_), Some(cache)) => {
+                let left = cache.status().expires_in.unwrap_or_default();
+                format!(
+                    "ok, expires in {}",
+                    humantime::format_duration(whole_seconds(left))
+                )
+            }
+            (Ok(_), None) => "ok".to_string(),
+            (Err(err), _) => format!("FAILED: {}", err.reason),
+        };
+        (
+            credential.name().to_string(),
+            source,
+            outcome,
+            result.is_ok(),
+        )
+    });
+    let results = futures_util::future::join_all(probes).await;
+    let all_ok = results.iter().all(|r| r.3);
+    let rows: Vec<[String; 3]> = results.into_iter().map(|(n, s, o, _)| [n, s, o]).collect();
+    let mut text = String::from("\nprobe:\n");
+    if rows.is_empty() {
+        text.push_str("  (no credentials)\n");
+    } else {
+        text.push_str(&table(&["NAME", "SOURCE", "RESULT"], &rows));
+    }
+    ProbeReport { text, all_ok }
+}
+
+fn whole_seconds(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(d.as_secs())
+}
+
+fn token(source: ConfigSource, name: &str) -> ExitCode {
+    let config = match load(&source) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    logging::init_quiet();
+    let credentials = CredentialSet::build(&config.credentials, &Env::process());
+    let Some(credential) = credentials.get(name) else {
+        let known: Vec<&str> = config.credentials.keys().map(String::as_str).collect();
+        eprintln!(
+            "azgate: no credential named \"{name}\" in {}; known: {}",
+            config.file,
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+        return ExitCode::FAILURE;
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(credential.reveal()) {
+        Ok(value) => {
+            println!("{value}");
             ExitCode::SUCCESS
         }
-        Err(code) => code,
+        Err(err) => {
+            eprintln!("azgate: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(err) => {
+            eprintln!("azgate: cannot start the async runtime: {err}");
+            None
+        }
     }
 }
 
@@ -84,6 +208,12 @@ fn serve(source: ConfigSource) -> ExitCode {
     };
     runtime.block_on(async {
         tracing::info!(config = %config.file, version = env!("CARGO_PKG_VERSION"), "starting azgate");
+        if source == ConfigSource::Embedded {
+            tracing::info!(
+                "no config file (-c, $AZGATE_CONFIG or ./proxy.toml): using the built-in default, \
+                 /arm -> https://management.azure.com with the `default` credential (after `az login`)"
+            );
+        }
         let running = match server::start(config, crate::env::Env::process()).await {
             Ok(running) => running,
             Err(err) => {

@@ -27,3 +27,14 @@ pub fn init(config: &LogConfig) {
             .try_init(),
     };
 }
+
+/// For one-shot commands (`token`, `check --probe`): warnings and errors only, so stdout
+/// stays clean for scripts.
+pub fn init_quiet() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

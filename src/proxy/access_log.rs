@@ -30,6 +30,8 @@ pub struct AccessLog {
     pub bytes_in: Arc<AtomicU64>,
     /// azgate's error code when azgate answered itself.
     pub error: Option<&'static str>,
+    /// Upstream attempts made (0 when azgate answered without asking the upstream).
+    pub attempts: u32,
 }
 
 impl AccessLog {
@@ -46,6 +48,7 @@ impl AccessLog {
             upstream_duration: None,
             bytes_in: Arc::new(AtomicU64::new(0)),
             error: None,
+            attempts: 0,
         }
     }
 
@@ -68,6 +71,7 @@ impl AccessLog {
             request_id = %self.request_id,
             upstream_request_id = self.upstream_request_id.as_deref(),
             error = self.error,
+            attempts = self.attempts,
             complete,
             "request"
         );

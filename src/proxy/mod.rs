@@ -15,7 +15,9 @@ pub mod forward;
 pub mod headers;
 pub mod prepare;
 pub mod query;
+pub mod replay;
 pub mod route;
+pub mod send;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,12 +25,16 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
 use self::access_log::AccessLog;
 use self::body::{ProxyBody, ResponseBody};
 use self::error::ProxyError;
+use self::prepare::UpstreamRequest;
+use self::replay::ReplayBody;
 use crate::gateway::Gateway;
+
+/// Set on responses that took more than one upstream attempt.
+const ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-azgate-attempts");
 
 /// The proxy service shared by every connection. Cloning is cheap.
 #[derive(Clone)]
@@ -74,6 +80,10 @@ impl Proxy {
     }
 }
 
+/// Request bodies up to this size are kept so that a request refused with 401 can be
+/// replayed with a fresh token; larger bodies stream through once. Per request in flight.
+const REPLAY_BUFFER: u64 = 1024 * 1024;
+
 /// route -> prepare -> send -> rewrite. Returns the response and the idle limit for its body.
 async fn forward(
     request: Request<Incoming>,
@@ -93,28 +103,30 @@ async fn forward(
     route.check_method(request.method())?;
 
     // prepare upstream request: strip, inject credential
-    let injection = match &route.credential {
-        Some(credential) => Some(credential.authorize().await?.injection),
-        None => None,
-    };
-    let upstream_request =
-        prepare::upstream_request(request, route, injection, request_id, log.bytes_in.clone())?;
+    let authorization = send::authorize(route).await?;
+    let (parts, incoming) = request.into_parts();
+    let template = UpstreamRequest::new(&parts, route, request_id);
+    let replayable = route
+        .credential
+        .as_ref()
+        .is_some_and(|c| c.cache().is_some());
+    let limit = if replayable { REPLAY_BUFFER } else { 0 };
+    let mut body = ReplayBody::read(incoming, limit, log.bytes_in.clone()).await?;
 
-    // send
-    let sent = Instant::now();
-    let result = route
-        .client
-        .send(
-            upstream_request,
-            route.config.timeout,
-            &route.upstream_label,
-        )
-        .await;
-    log.upstream_duration = Some(sent.elapsed());
-    let response = result?;
+    // send with retry
+    let sent = send::send_with_retry(route, &template, &mut body, authorization).await;
+    let sent = sent?;
+    log.upstream_duration = Some(sent.upstream_duration);
+    log.attempts = sent.attempts;
 
     // rewrite response
-    Ok((rewrite_response(response, log), route.config.timeout))
+    let mut response = rewrite_response(sent.response, log);
+    if sent.attempts > 1 {
+        response
+            .headers_mut()
+            .insert(ATTEMPTS, HeaderValue::from(sent.attempts));
+    }
+    Ok((response, route.config.timeout))
 }
 
 /// The "rewrite response" phase: hop-by-hop headers removed, the upstream's request id

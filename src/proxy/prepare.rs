@@ -1,73 +1,88 @@
-//! The "prepare upstream request" phase: the client's request becomes the upstream's:
-//! new URI, hop-by-hop and client credential headers removed, route headers added, the
-//! request id set and the credential injected. The body is passed on as a stream.
+//! The "prepare upstream request" phase: the client's request head becomes a template
+//! for the upstream's: new URI, hop-by-hop and client credential headers removed, route
+//! headers added, the request id set. Each attempt then builds a request from the
+//! template with the credential injected, so a replay can carry a fresh token.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-
+use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Extensions, HeaderValue, Request, Uri, Version, header};
-use hyper::body::Incoming;
+use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version, header};
 
-use super::body::{self, CountingBody, ProxyBody};
+use super::body::ProxyBody;
 use super::error::ProxyError;
 use super::headers;
 use super::query;
 use super::route::Route;
 use crate::credentials::Injection;
 
-pub fn upstream_request(
-    request: Request<Incoming>,
-    route: &Route,
-    injection: Option<Injection>,
-    request_id: &HeaderValue,
-    bytes_in: Arc<AtomicU64>,
-) -> Result<Request<ProxyBody>, ProxyError> {
-    let (mut parts, incoming) = request.into_parts();
-
-    parts.uri = upstream_uri(&parts.uri, route, injection.as_ref())?;
-    // Requests leave as HTTP/1.1; the pool upgrades to HTTP/2 when ALPN agrees.
-    parts.version = Version::HTTP_11;
-    // Inbound extensions describe the client's connection, not this request.
-    parts.extensions = Extensions::new();
-
-    let h = &mut parts.headers;
-    headers::remove_hop_by_hop(h);
-    headers::strip_client_credentials(h);
-    // The client already got its 100 Continue from azgate's own server.
-    h.remove(header::EXPECT);
-    // The pooled client sets Host (or :authority) from the upstream URI.
-    h.remove(header::HOST);
-    headers::add_missing(h, &route.config.set_headers);
-    h.insert(headers::CLIENT_REQUEST_ID, request_id.clone());
-    if let Some(Injection::Header { name, value }) = injection {
-        h.insert(name, value);
-    }
-
-    let body = body::boxed(CountingBody::new(incoming, bytes_in));
-    Ok(Request::from_parts(parts, body))
+/// The upstream request minus credential and body.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    method: Method,
+    /// Upstream scheme and authority, and the mapped path.
+    uri_parts: (Option<http::uri::Scheme>, Option<http::uri::Authority>),
+    path: String,
+    /// The client's query minus its own `accessToken`.
+    query: Option<String>,
+    headers: HeaderMap,
 }
 
-/// The upstream URI: upstream scheme and authority, the mapped path, the client's query
-/// byte for byte minus its own `accessToken`, plus an injected query credential.
-fn upstream_uri(
-    original: &Uri,
-    route: &Route,
-    injection: Option<&Injection>,
-) -> Result<Uri, ProxyError> {
-    let path = route.upstream_path(original.path());
-    let mut query = original.query().and_then(query::strip_client_credentials);
-    if let Some(Injection::Query { name, value }) = injection {
-        query = Some(query::append(query.as_deref(), name, value.expose()));
+impl UpstreamRequest {
+    pub fn new(client: &Parts, route: &Route, request_id: &HeaderValue) -> Self {
+        let mut headers = client.headers.clone();
+        headers::remove_hop_by_hop(&mut headers);
+        headers::strip_client_credentials(&mut headers);
+        // The client already got its 100 Continue from azgate's own server.
+        headers.remove(header::EXPECT);
+        // The pooled client sets Host (or :authority) from the upstream URI.
+        headers.remove(header::HOST);
+        headers::add_missing(&mut headers, &route.config.set_headers);
+        headers.insert(headers::CLIENT_REQUEST_ID, request_id.clone());
+        let upstream = &route.config.upstream;
+        Self {
+            method: client.method.clone(),
+            uri_parts: (upstream.scheme().cloned(), upstream.authority().cloned()),
+            path: route.upstream_path(client.uri.path()),
+            query: client.uri.query().and_then(query::strip_client_credentials),
+            headers,
+        }
     }
-    let path_and_query = match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
-    let mut parts = route.config.upstream.clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).map_err(|e| {
-        ProxyError::BadRequest(format!("the request path cannot be forwarded: {e}"))
-    })?);
-    Uri::from_parts(parts)
-        .map_err(|e| ProxyError::BadRequest(format!("the request path cannot be forwarded: {e}")))
+
+    /// One attempt's request: the template plus the credential and a body.
+    pub fn build(
+        &self,
+        injection: Option<&Injection>,
+        body: ProxyBody,
+    ) -> Result<Request<ProxyBody>, ProxyError> {
+        let query = match injection {
+            Some(Injection::Query { name, value }) => {
+                Some(query::append(self.query.as_deref(), name, value.expose()))
+            }
+            _ => self.query.clone(),
+        };
+        let path_and_query = match query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        };
+        let invalid = |e: http::Error| {
+            ProxyError::BadRequest(format!("the request path cannot be forwarded: {e}"))
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = self.uri_parts.0.clone();
+        parts.authority = self.uri_parts.1.clone();
+        parts.path_and_query =
+            Some(PathAndQuery::try_from(path_and_query).map_err(|e| invalid(e.into()))?);
+        let uri = Uri::from_parts(parts).map_err(|e| invalid(e.into()))?;
+
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        // Requests leave as HTTP/1.1; the pool upgrades to HTTP/2 when ALPN agrees.
+        *request.version_mut() = Version::HTTP_11;
+        let mut headers = self.headers.clone();
+        if let Some(Injection::Header { name, value }) = injection {
+            headers.insert(name.clone(), value.clone());
+        }
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
 }
