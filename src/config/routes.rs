@@ -83,18 +83,18 @@ fn validate_one(
             None
         }
     };
-    if let Some(name) = &raw.credential {
-        if !credentials.contains(&name.as_str()) {
-            let known = if credentials.is_empty() {
-                "none".to_string()
-            } else {
-                credentials.join(", ")
-            };
-            problems.push(
-                join(path, "credential"),
-                format!("unknown credential \"{name}\"; known: {known}"),
-            );
-        }
+    if let Some(name) = &raw.credential
+        && !credentials.contains(&name.as_str())
+    {
+        let known = if credentials.is_empty() {
+            "none".to_string()
+        } else {
+            credentials.join(", ")
+        };
+        problems.push(
+            join(path, "credential"),
+            format!("unknown credential \"{name}\"; known: {known}"),
+        );
     }
     let methods = raw
         .methods

@@ -89,7 +89,7 @@ impl TokenCache {
             if let Some(token) = state.token.clone().filter(|t| t.usable(now)) {
                 if now >= token.refresh_due_at() && self.may_fetch(&state, now) {
                     tracing::debug!(credential = %self.name, "refreshing the token in the background");
-                    let _ = self.start_fetch(&mut state);
+                    drop(self.start_fetch(&mut state));
                 }
                 return Ok(token);
             }
@@ -139,7 +139,7 @@ impl TokenCache {
         state.token = None;
         state.retry_at = None;
         if state.inflight.is_none() {
-            let _ = self.start_fetch(&mut state);
+            drop(self.start_fetch(&mut state));
         }
         true
     }
@@ -240,11 +240,13 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    type Answer = dyn Fn(usize) -> Result<(String, Duration), FetchError> + Send + Sync;
+
     /// A scripted source: each fetch waits `delay`, then asks `answer` for the result.
     struct Scripted {
         fetches: Arc<AtomicUsize>,
         delay: Duration,
-        answer: Box<dyn Fn(usize) -> Result<(String, Duration), FetchError> + Send + Sync>,
+        answer: Box<Answer>,
     }
 
     impl TokenSource for Scripted {

@@ -66,10 +66,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         polled
     }
@@ -150,11 +150,11 @@ impl Body for ResponseBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if let Some(idle) = &mut this.idle {
-                    if idle.sleep.as_mut().poll(cx).is_ready() {
-                        this.failed = true;
-                        return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(idle.limit)))));
-                    }
+                if let Some(idle) = &mut this.idle
+                    && idle.sleep.as_mut().poll(cx).is_ready()
+                {
+                    this.failed = true;
+                    return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(idle.limit)))));
                 }
                 Poll::Pending
             }

@@ -95,10 +95,10 @@ pub fn respond(err: &ProxyError, request_id: &str) -> Response<ProxyBody> {
     );
     headers.insert("x-azgate-error", HeaderValue::from_static(err.code()));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let ProxyError::MethodNotAllowed { allowed, .. } = err {
-        if let Ok(value) = HeaderValue::from_str(allowed) {
-            headers.insert(header::ALLOW, value);
-        }
+    if let ProxyError::MethodNotAllowed { allowed, .. } = err
+        && let Ok(value) = HeaderValue::from_str(allowed)
+    {
+        headers.insert(header::ALLOW, value);
     }
     response
 }
