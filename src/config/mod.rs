@@ -8,6 +8,7 @@ mod credentials;
 mod error;
 mod interpolate;
 mod raw;
+mod retry;
 mod routes;
 mod units;
 mod validate;
@@ -58,6 +59,8 @@ pub struct Config {
     pub credentials: BTreeMap<String, CredentialConfig>,
     /// Routes in file order; the router picks the longest matching prefix.
     pub routes: Vec<RouteConfig>,
+    /// `[retry]`: the defaults routes start from.
+    pub retry: RetryConfig,
 }
 
 /// `[server]`.
@@ -307,6 +310,26 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// Extra trusted roots for this upstream (a private CA), from `ca_file`.
     pub ca_roots: Option<CaRoots>,
+    /// Retries on 429/504, `[retry]` overlaid by `[routes.retry]`.
+    pub retry: RetryConfig,
+}
+
+/// When and how a route retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Upstream statuses that are retried (default 429 and 504). 429 is retried for every
+    /// method; the others only for idempotent methods unless `non_idempotent`.
+    pub on: Vec<u16>,
+    /// Attempts in all, the first included (default 4).
+    pub max_attempts: u32,
+    /// Longest wait between attempts; a longer server-requested wait is not waited out,
+    /// the response goes back to the client at once (default 30 s).
+    pub max_delay: Duration,
+    /// Request bodies up to this size are kept for replay; larger ones stream once and
+    /// are not retried (default 1 MiB). Held per request in flight.
+    pub buffer: u64,
+    /// Retry POST and PATCH on 504 and connection failures too (default false).
+    pub non_idempotent: bool,
 }
 
 /// Certificates read from a route's `ca_file`.

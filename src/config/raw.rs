@@ -87,6 +87,7 @@ pub struct RawRoute {
     pub set_headers: Option<BTreeMap<String, String>>,
     pub timeout: Option<String>,
     pub ca_file: Option<String>,
+    pub retry: Option<super::retry::RawRetry>,
 }
 
 /// Deserialises one section, recording unknown keys and type errors under `path`.

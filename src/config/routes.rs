@@ -12,7 +12,7 @@ use rustls::pki_types::pem::PemObject;
 
 use super::error::{Problems, join};
 use super::raw::{self, RawRoute};
-use super::{CaRoots, RouteConfig, units};
+use super::{CaRoots, RetryConfig, RouteConfig, units};
 
 /// Default time to wait for an upstream's response headers.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -35,6 +35,7 @@ const RESERVED_HEADERS: &[&str] = &[
 pub fn validate_all(
     values: Vec<toml::Value>,
     credentials: &[&str],
+    retry: &RetryConfig,
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Vec<RouteConfig> {
@@ -45,7 +46,7 @@ pub fn validate_all(
         let Some(raw) = raw::section::<RawRoute>(value, &path, problems) else {
             continue;
         };
-        if let Some(route) = validate_one(raw, &path, credentials, base_dir, problems) {
+        if let Some(route) = validate_one(raw, &path, credentials, retry, base_dir, problems) {
             if !seen.insert(route.prefix.clone()) {
                 problems.push(
                     join(&path, "prefix"),
@@ -62,6 +63,7 @@ fn validate_one(
     raw: RawRoute,
     path: &str,
     credentials: &[&str],
+    retry: &RetryConfig,
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Option<RouteConfig> {
@@ -142,6 +144,10 @@ fn validate_one(
         set_headers,
         timeout,
         ca_roots,
+        retry: match &raw.retry {
+            Some(table) => super::retry::resolve(table, retry, &join(path, "retry"), problems),
+            None => retry.clone(),
+        },
     })
 }
 

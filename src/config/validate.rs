@@ -10,7 +10,10 @@ use http::Uri;
 
 use super::error::Problems;
 use super::raw::{self, RawAdmin, RawLog, RawServer};
-use super::{AdminConfig, Config, LogConfig, LogFormat, ServerConfig, credentials, routes, units};
+use super::{
+    AdminConfig, Config, LogConfig, LogFormat, RetryConfig, ServerConfig, credentials, retry,
+    routes, units,
+};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -33,6 +36,7 @@ pub fn validate(
     let mut log = RawLog::default();
     let mut credential_tables = toml::Table::new();
     let mut route_values = Vec::new();
+    let mut raw_retry = retry::RawRetry::default();
     for (key, value) in table {
         match key.as_str() {
             "server" => server = raw::section(value, "server", problems).unwrap_or_default(),
@@ -45,13 +49,14 @@ pub fn validate(
                     "must be a table of [credentials.NAME] tables",
                 ),
             },
+            "retry" => raw_retry = raw::section(value, "retry", problems).unwrap_or_default(),
             "routes" => match value {
                 toml::Value::Array(items) => route_values = items,
                 _ => problems.push("routes", "must be an array of [[routes]] tables"),
             },
             _ => problems.push(
                 key,
-                "unknown key; expected server, admin, log, credentials or routes",
+                "unknown key; expected server, admin, log, retry, credentials or routes",
             ),
         }
     }
@@ -64,7 +69,8 @@ pub fn validate(
     let declared: Vec<String> = credential_tables.keys().cloned().collect();
     let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
     let credentials = credentials::validate_all(credential_tables, base_dir, problems);
-    let routes = routes::validate_all(route_values, &declared, base_dir, problems);
+    let retry = retry::resolve(&raw_retry, &RetryConfig::default(), "retry", problems);
+    let routes = routes::validate_all(route_values, &declared, &retry, base_dir, problems);
 
     Some(Config {
         file: file.to_string(),
@@ -73,6 +79,7 @@ pub fn validate(
         log,
         credentials: credentials.into_iter().collect::<BTreeMap<_, _>>(),
         routes,
+        retry,
     })
 }
 

@@ -16,6 +16,7 @@ pub mod headers;
 pub mod prepare;
 pub mod query;
 pub mod replay;
+pub mod retry;
 pub mod route;
 pub mod send;
 
@@ -75,14 +76,15 @@ impl Proxy {
         response
             .headers_mut()
             .insert(headers::CLIENT_REQUEST_ID, request_id);
+        if log.attempts > 1 {
+            response
+                .headers_mut()
+                .insert(ATTEMPTS, HeaderValue::from(log.attempts));
+        }
         log.status = response.status().as_u16();
         response.map(|body| ResponseBody::new(body, idle_limit, log))
     }
 }
-
-/// Request bodies up to this size are kept so that a request refused with 401 can be
-/// replayed with a fresh token; larger bodies stream through once. Per request in flight.
-const REPLAY_BUFFER: u64 = 1024 * 1024;
 
 /// route -> prepare -> send -> rewrite. Returns the response and the idle limit for its body.
 async fn forward(
@@ -106,27 +108,17 @@ async fn forward(
     let authorization = send::authorize(route).await?;
     let (parts, incoming) = request.into_parts();
     let template = UpstreamRequest::new(&parts, route, request_id);
-    let replayable = route
-        .credential
-        .as_ref()
-        .is_some_and(|c| c.cache().is_some());
-    let limit = if replayable { REPLAY_BUFFER } else { 0 };
+    let limit = route.replay_limit();
     let mut body = ReplayBody::read(incoming, limit, log.bytes_in.clone()).await?;
 
     // send with retry
-    let sent = send::send_with_retry(route, &template, &mut body, authorization).await;
-    let sent = sent?;
+    let sent =
+        send::send_with_retry(route, &template, &mut body, authorization, &log.request_id).await;
     log.upstream_duration = Some(sent.upstream_duration);
     log.attempts = sent.attempts;
 
     // rewrite response
-    let mut response = rewrite_response(sent.response, log);
-    if sent.attempts > 1 {
-        response
-            .headers_mut()
-            .insert(ATTEMPTS, HeaderValue::from(sent.attempts));
-    }
-    Ok((response, route.config.timeout))
+    Ok((rewrite_response(sent.result?, log), route.config.timeout))
 }
 
 /// The "rewrite response" phase: hop-by-hop headers removed, the upstream's request id

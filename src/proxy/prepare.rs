@@ -47,6 +47,10 @@ impl UpstreamRequest {
         }
     }
 
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
     /// One attempt's request: the template plus the credential and a body.
     pub fn build(
         &self,

@@ -7,6 +7,7 @@ use http::Method;
 
 use super::error::ProxyError;
 use super::forward::UpstreamClient;
+use super::retry::RetryBudget;
 use crate::config::RouteConfig;
 use crate::credentials::Credential;
 
@@ -20,6 +21,8 @@ pub struct Route {
     allow: Option<String>,
     /// The upstream without a trailing slash, for messages.
     pub upstream_label: String,
+    /// Caps retries on this route at a fraction of its traffic.
+    pub retry_budget: RetryBudget,
 }
 
 impl Route {
@@ -46,11 +49,26 @@ impl Route {
             client,
             allow,
             upstream_label,
+            retry_budget: RetryBudget::default(),
         }
     }
 
     pub fn prefix(&self) -> &str {
         &self.config.prefix
+    }
+
+    /// How much of a request body to keep for replay: the retry buffer when a retry or
+    /// a 401 replay could need it, else nothing (the body streams at once).
+    pub fn replay_limit(&self) -> u64 {
+        let token = self
+            .credential
+            .as_ref()
+            .is_some_and(|c| c.cache().is_some());
+        if self.config.retry.max_attempts > 1 || token {
+            self.config.retry.buffer
+        } else {
+            0
+        }
     }
 
     /// 405 with the allowed methods when the route restricts them.
@@ -136,6 +154,7 @@ mod tests {
             set_headers: Vec::new(),
             timeout: Duration::from_secs(1),
             ca_roots: None,
+            retry: Default::default(),
         };
         Route::new(config, None, UpstreamClient::new(None))
     }

@@ -1,6 +1,7 @@
-//! The "send with retry" phase: each attempt is built from the request template with the
-//! current credential; an upstream 401 on a token credential drops the token, fetches a
-//! new one and replays the request once (when its body could be kept for replay).
+//! The "send with retry" phase. Each attempt is built from the request template with the
+//! current credential. A 401 on a token credential drops the token, fetches a new one and
+//! replays once; 429, 504 and connection failures are retried as `retry::decide` says,
+//! within the route's retry budget. The last response goes back to the client unchanged.
 
 use std::time::Duration;
 
@@ -11,12 +12,14 @@ use tokio::time::Instant;
 use super::error::ProxyError;
 use super::prepare::UpstreamRequest;
 use super::replay::ReplayBody;
+use super::retry::{self, Decision, Outcome};
 use super::route::Route;
 use crate::credentials::Authorization;
 
-/// The final upstream response and how it was reached.
+/// The final upstream outcome and how it was reached.
 pub struct Sent {
-    pub response: Response<Incoming>,
+    /// The last response, or why the last attempt got none.
+    pub result: Result<Response<Incoming>, ProxyError>,
     pub attempts: u32,
     /// From the first attempt's send to the final response headers.
     pub upstream_duration: Duration,
@@ -35,40 +38,108 @@ pub async fn send_with_retry(
     template: &UpstreamRequest,
     body: &mut ReplayBody,
     mut authorization: Option<Authorization>,
-) -> Result<Sent, ProxyError> {
+    request_id: &str,
+) -> Sent {
     let started = Instant::now();
+    let policy = &route.config.retry;
+    route.retry_budget.record_request();
     let mut attempts = 0u32;
+    let mut token_replayed = false;
     loop {
         attempts += 1;
         let Some(attempt_body) = body.attempt() else {
-            return Err(ProxyError::BadRequest(
+            let err = ProxyError::BadRequest(
                 "the request body was already sent and cannot be sent again".into(),
-            ));
+            );
+            return finish(Err(err), attempts, started);
         };
         let injection = authorization.as_ref().map(|a| &a.injection);
-        let request = template.build(injection, attempt_body)?;
-        let response = route
+        let request = match template.build(injection, attempt_body) {
+            Ok(request) => request,
+            Err(err) => return finish(Err(err), attempts, started),
+        };
+        let result = route
             .client
             .send(request, route.config.timeout, &route.upstream_label)
-            .await?;
+            .await;
 
-        if response.status() == StatusCode::UNAUTHORIZED
-            && attempts == 1
+        let result = match result {
+            Ok(response) => Ok(response),
+            Err(err @ ProxyError::UpstreamUnreachable { .. }) => Err(err),
+            // A timeout already cost the route's whole timeout: not retried.
+            Err(other) => return finish(Err(other), attempts, started),
+        };
+        let outcome = match &result {
+            Ok(response) => Outcome::Response(response.status(), response.headers()),
+            Err(_) => Outcome::ConnectionFailed,
+        };
+
+        if let Outcome::Response(StatusCode::UNAUTHORIZED, _) = outcome
+            && !token_replayed
             && body.replayable()
             && rejected(route, authorization.as_ref())
         {
             tracing::info!(
                 route = %route.prefix(),
+                request_id,
                 "upstream answered 401: replaying once with a new token"
             );
-            authorization = authorize(route).await?;
+            token_replayed = true;
+            authorization = match authorize(route).await {
+                Ok(authorization) => authorization,
+                Err(err) => return finish(Err(err), attempts, started),
+            };
             continue;
         }
-        return Ok(Sent {
-            response,
+
+        match retry::decide(
+            policy,
+            template.method(),
+            outcome,
             attempts,
-            upstream_duration: started.elapsed(),
-        });
+            body.replayable(),
+        ) {
+            Decision::Retry { wait, reason } if route.retry_budget.try_retry() => {
+                tracing::info!(
+                    route = %route.prefix(),
+                    attempt = attempts,
+                    outcome = %describe(&result),
+                    wait_ms = wait.as_millis() as u64,
+                    request_id,
+                    reason,
+                    "retrying"
+                );
+                // The failed response is dropped unread; its connection is not reused.
+                drop(result);
+                tokio::time::sleep(wait).await;
+            }
+            Decision::Retry { .. } => {
+                tracing::warn!(
+                    route = %route.prefix(),
+                    attempt = attempts,
+                    outcome = %describe(&result),
+                    request_id,
+                    "retry budget of the route is spent: returning the upstream's answer"
+                );
+                return finish(result, attempts, started);
+            }
+            Decision::Stop(_) => return finish(result, attempts, started),
+        }
+    }
+}
+
+fn finish(result: Result<Response<Incoming>, ProxyError>, attempts: u32, started: Instant) -> Sent {
+    Sent {
+        result,
+        attempts,
+        upstream_duration: started.elapsed(),
+    }
+}
+
+fn describe(result: &Result<Response<Incoming>, ProxyError>) -> String {
+    match result {
+        Ok(response) => response.status().to_string(),
+        Err(err) => err.to_string(),
     }
 }
 
