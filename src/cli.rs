@@ -214,6 +214,7 @@ fn serve(source: ConfigSource) -> ExitCode {
                  /arm -> https://management.azure.com with the `default` credential (after `az login`)"
             );
         }
+        let mut signals = server::shutdown::Signals::install();
         let running = match server::start(config, crate::env::Env::process()).await {
             Ok(running) => running,
             Err(err) => {
@@ -221,7 +222,7 @@ fn serve(source: ConfigSource) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let signal = server::shutdown::signal().await;
+        let signal = signals.recv().await;
         tracing::info!("{signal} received: shutting down");
         running.shutdown();
         running.wait().await;
