@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub mod entra;
+pub mod identity;
 pub mod video_indexer;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
