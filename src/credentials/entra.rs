@@ -185,8 +185,8 @@ impl TokenSource for WorkloadIdentity {
     fn fetch(&self) -> FetchFuture<'_> {
         Box::pin(async move {
             let setup = self.setup.as_ref().map_err(FetchError::new)?;
-            // Kubernetes rotates the file (hourly by default): read it for every exchange
-            // so an expired federated token is never sent.
+            // Kubernetes rewrites the file before the token in it expires: read it for
+            // every exchange so an expired federated token is never sent.
             let contents = tokio::fs::read_to_string(&setup.token_file)
                 .await
                 .map_err(|e| {
