@@ -387,26 +387,8 @@ fn arm_accounts(entra: &str, management: &str, extra: &str) -> String {
     )
 }
 
-/// `client_secret` is written on another branch; while this branch still has its
-/// placeholder no ARM token can be had, and the ARM tests say so and stop rather than
-/// fail. Remove this check once `client_secret` is merged.
-async fn client_secret_is_a_placeholder() -> bool {
-    let entra = MockEntra::start().await;
-    let set = credentials(&arm_accounts(&entra.url, "http://127.0.0.1:9", ""));
-    match set.get("arm").unwrap().reveal().await {
-        Err(e) if e.reason.contains("client_secret is not finished") => {
-            eprintln!("SKIPPED: client_secret is still a placeholder on this branch");
-            true
-        }
-        _ => false,
-    }
-}
-
 #[tokio::test]
 async fn arm_account_token_comes_from_generate_access_token() {
-    if client_secret_is_a_placeholder().await {
-        return;
-    }
     let entra = MockEntra::start().await;
     let arm = MockVideoIndexer::start().await;
     let data = MockVideoIndexer::start().await;
@@ -449,9 +431,6 @@ async fn arm_account_token_comes_from_generate_access_token() {
 
 #[tokio::test]
 async fn arm_contributor_permission_is_asked_for() {
-    if client_secret_is_a_placeholder().await {
-        return;
-    }
     let entra = MockEntra::start().await;
     let arm = MockVideoIndexer::start().await;
     let set = credentials(&arm_accounts(
@@ -476,9 +455,6 @@ async fn arm_contributor_permission_is_asked_for() {
 
 #[tokio::test]
 async fn arm_jwt_exp_sets_the_expiry() {
-    if client_secret_is_a_placeholder().await {
-        return;
-    }
     let entra = MockEntra::start().await;
     let arm = MockVideoIndexer::start().await;
     let token = jwt(json!({"exp": now_secs() + 900}));
@@ -492,9 +468,6 @@ async fn arm_jwt_exp_sets_the_expiry() {
 
 #[tokio::test]
 async fn arm_authorization_failed_is_named() {
-    if client_secret_is_a_placeholder().await {
-        return;
-    }
     let entra = MockEntra::start().await;
     let arm = MockVideoIndexer::start().await;
     arm.respond_with(|_, _| {
@@ -515,9 +488,6 @@ async fn arm_authorization_failed_is_named() {
 
 #[tokio::test]
 async fn arm_answer_without_access_token_is_named() {
-    if client_secret_is_a_placeholder().await {
-        return;
-    }
     let entra = MockEntra::start().await;
     let arm = MockVideoIndexer::start().await;
     arm.respond_with(|_, _| raw(200, "application/json", r#"{"token":"x"}"#));
@@ -548,7 +518,5 @@ async fn arm_credential_failure_is_named() {
     );
     assert!(!reason.contains("entra-client-secret"), "{reason}");
     assert_eq!(arm.call_count(), 0);
-    if !reason.contains("client_secret is not finished") {
-        assert!(reason.contains("AADSTS7000215"), "{reason}");
-    }
+    assert!(reason.contains("AADSTS7000215"), "{reason}");
 }

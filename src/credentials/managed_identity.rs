@@ -95,8 +95,6 @@ impl ManagedIdentity {
     }
 
     /// For the `default` chain: one attempt, short timeouts.
-    // Until the `default` chain (its own branch) lands, nothing else calls this.
-    #[allow(dead_code)]
     pub fn probing(mut self) -> Self {
         self.probing = true;
         self
