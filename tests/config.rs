@@ -245,3 +245,76 @@ fn ca_file_must_hold_a_certificate() {
         "{err}"
     );
 }
+
+#[test]
+fn retry_defaults_global_table_and_route_overrides() {
+    let config = parse_with(
+        r#"
+        [retry]
+        max_attempts = 5
+        buffer = "2MiB"
+        [[routes]]
+        prefix = "/a"
+        upstream = "http://a"
+        [[routes]]
+        prefix = "/b"
+        upstream = "http://b"
+        [routes.retry]
+        on = [429, 503]
+        max_delay = "5s"
+        non_idempotent = true
+        "#,
+        &HashMap::new(),
+    )
+    .unwrap();
+    let a = &config.routes[0].retry;
+    assert_eq!(
+        (a.max_attempts, a.buffer, a.on.clone()),
+        (5, 2 << 20, vec![429, 504])
+    );
+    assert_eq!(a.max_delay, std::time::Duration::from_secs(30));
+    assert!(!a.non_idempotent);
+    let b = &config.routes[1].retry;
+    assert_eq!(
+        (b.max_attempts, b.buffer, b.on.clone()),
+        (5, 2 << 20, vec![429, 503])
+    );
+    assert_eq!(b.max_delay, std::time::Duration::from_secs(5));
+    assert!(b.non_idempotent);
+    let plain = parse_with("", &HashMap::new()).unwrap();
+    assert_eq!(plain.retry.max_attempts, 4);
+    assert_eq!(plain.retry.buffer, 1 << 20);
+}
+
+#[test]
+fn retry_values_are_checked() {
+    let got = problems(
+        r#"
+        [retry]
+        max_attempts = 0
+        buffer = "1GiB"
+        [[routes]]
+        prefix = "/a"
+        upstream = "http://a"
+        [routes.retry]
+        on = [401, 200, 429]
+        max_delay = "0s"
+        retries = 3
+        "#,
+    );
+    for want in [
+        "bad.toml: retry.max_attempts: must be between 1 (no retries) and 10",
+        "bad.toml: retry.buffer: must be at most 64MiB",
+        "bad.toml: routes[0].retry.on[0]: 401 is answered by refreshing the token",
+        "bad.toml: routes[0].retry.on[1]: 200 is not an error status",
+        "bad.toml: routes[0].retry.max_delay: must be greater than zero",
+        "bad.toml: routes[0].retry.retries: unknown key",
+    ] {
+        assert!(
+            got.iter().any(|l| l.starts_with(want)),
+            "missing {want:?} in:\n{}",
+            got.join("\n")
+        );
+    }
+    assert_eq!(got.len(), 6, "{}", got.join("\n"));
+}

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 pub mod entra;
 pub mod identity;
+pub mod scripted;
 pub mod video_indexer;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
