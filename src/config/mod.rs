@@ -10,6 +10,7 @@ mod interpolate;
 mod raw;
 mod retry;
 mod routes;
+mod server;
 mod units;
 mod validate;
 
@@ -74,6 +75,37 @@ pub struct ServerConfig {
     pub allow_unauthenticated: bool,
     /// How long in-flight requests may run after SIGTERM before the process exits.
     pub shutdown_grace: Duration,
+    /// A client must send its request line and headers within this time (slowloris).
+    pub header_timeout: Duration,
+    /// Longest pause allowed while a client sends its request body.
+    pub body_idle_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// HTTPS on the proxy listener.
+    pub tls: Option<TlsConfig>,
+    pub inbound: InboundConfig,
+}
+
+/// `[server.tls]`: PEM files, re-read when they change and on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#1, SEC1 or PKCS#8).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate chaining to one of these (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[server.inbound]`: who may use the proxy.
+#[derive(Debug, Clone, Default)]
+pub struct InboundConfig {
+    /// Keys clients send in `x-azgate-key`; compared in constant time, never forwarded.
+    pub api_keys: Vec<Secret>,
+    /// Client address allow-list; empty allows every address.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Direct peers whose `X-Forwarded-For` names the real client; empty trusts none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[admin]`.
@@ -312,6 +344,12 @@ pub struct RouteConfig {
     pub ca_roots: Option<CaRoots>,
     /// Retries on 429/504, `[retry]` overlaid by `[routes.retry]`.
     pub retry: RetryConfig,
+    /// Largest request body accepted (default 4 GiB); larger ones get 413.
+    pub max_body: u64,
+    /// Let `%2F` and `%5C` through in paths (some APIs put encoded ids in the path).
+    pub allow_encoded_slash: bool,
+    /// When set, only these inbound keys may use the route.
+    pub api_keys: Option<Vec<Secret>>,
 }
 
 /// When and how a route retries.

@@ -19,6 +19,9 @@ pub struct RawServer {
     pub public_url: Option<String>,
     pub allow_unauthenticated: Option<bool>,
     pub shutdown_grace: Option<String>,
+    pub header_timeout: Option<String>,
+    pub body_idle_timeout: Option<String>,
+    pub max_connections: Option<usize>,
     pub tls: Option<toml::Table>,
     pub inbound: Option<toml::Table>,
 }
@@ -88,6 +91,9 @@ pub struct RawRoute {
     pub timeout: Option<String>,
     pub ca_file: Option<String>,
     pub retry: Option<super::retry::RawRetry>,
+    pub max_body: Option<String>,
+    pub allow_encoded_slash: Option<bool>,
+    pub api_keys: Option<Vec<String>>,
 }
 
 /// Deserialises one section, recording unknown keys and type errors under `path`.

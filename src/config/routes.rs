@@ -13,6 +13,10 @@ use rustls::pki_types::pem::PemObject;
 use super::error::{Problems, join};
 use super::raw::{self, RawRoute};
 use super::{CaRoots, RetryConfig, RouteConfig, units};
+use crate::secret::Secret;
+
+/// Default request body limit: enough for a 2 GB Video Indexer upload with headroom.
+pub const DEFAULT_MAX_BODY: u64 = 4 << 30;
 
 /// Default time to wait for an upstream's response headers.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -36,6 +40,7 @@ pub fn validate_all(
     values: Vec<toml::Value>,
     credentials: &[&str],
     retry: &RetryConfig,
+    server_keys: &[Secret],
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Vec<RouteConfig> {
@@ -46,7 +51,15 @@ pub fn validate_all(
         let Some(raw) = raw::section::<RawRoute>(value, &path, problems) else {
             continue;
         };
-        if let Some(route) = validate_one(raw, &path, credentials, retry, base_dir, problems) {
+        if let Some(route) = validate_one(
+            raw,
+            &path,
+            credentials,
+            retry,
+            server_keys,
+            base_dir,
+            problems,
+        ) {
             if !seen.insert(route.prefix.clone()) {
                 problems.push(
                     join(&path, "prefix"),
@@ -64,6 +77,7 @@ fn validate_one(
     path: &str,
     credentials: &[&str],
     retry: &RetryConfig,
+    server_keys: &[Secret],
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Option<RouteConfig> {
@@ -130,6 +144,34 @@ fn validate_one(
         },
         None => DEFAULT_TIMEOUT,
     };
+    let max_body = match &raw.max_body {
+        Some(text) => match units::parse_size(text) {
+            Ok(0) => {
+                problems.push(join(path, "max_body"), "must be greater than zero");
+                DEFAULT_MAX_BODY
+            }
+            Ok(n) => n,
+            Err(m) => {
+                problems.push(join(path, "max_body"), m);
+                DEFAULT_MAX_BODY
+            }
+        },
+        None => DEFAULT_MAX_BODY,
+    };
+    let api_keys = raw.api_keys.as_ref().map(|keys| {
+        let mut out = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            if server_keys.iter().any(|k| k.expose() == key) {
+                out.push(Secret::new(key.clone()));
+            } else {
+                problems.push(
+                    format!("{}[{i}]", join(path, "api_keys")),
+                    "not one of server.inbound.api_keys (value not shown)",
+                );
+            }
+        }
+        out
+    });
     let ca_roots = raw.ca_file.and_then(|file| {
         ca_roots(&file, base_dir)
             .map_err(|m| problems.push(join(path, "ca_file"), m))
@@ -144,6 +186,9 @@ fn validate_one(
         set_headers,
         timeout,
         ca_roots,
+        max_body,
+        allow_encoded_slash: raw.allow_encoded_slash.unwrap_or(false),
+        api_keys,
         retry: match &raw.retry {
             Some(table) => super::retry::resolve(table, retry, &join(path, "retry"), problems),
             None => retry.clone(),

@@ -4,20 +4,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
-
-use http::Uri;
 
 use super::error::Problems;
 use super::raw::{self, RawAdmin, RawLog, RawServer};
 use super::{
-    AdminConfig, Config, LogConfig, LogFormat, RetryConfig, ServerConfig, credentials, retry,
-    routes, units,
+    AdminConfig, Config, LogConfig, LogFormat, RetryConfig, credentials, retry, routes, server,
 };
 
-const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
-const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Validates the whole (already interpolated) document. Returns `None` only when nothing
 /// usable could be built; callers also check `problems`.
@@ -61,7 +55,7 @@ pub fn validate(
         }
     }
 
-    let server = validate_server(server, problems);
+    let server = server::validate(server, base_dir, problems);
     let admin = validate_admin(admin, problems);
     let log = validate_log(log, problems);
     // Routes may name any declared credential, valid or not: a broken credential is
@@ -70,7 +64,14 @@ pub fn validate(
     let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
     let credentials = credentials::validate_all(credential_tables, base_dir, problems);
     let retry = retry::resolve(&raw_retry, &RetryConfig::default(), "retry", problems);
-    let routes = routes::validate_all(route_values, &declared, &retry, base_dir, problems);
+    let routes = routes::validate_all(
+        route_values,
+        &declared,
+        &retry,
+        &server.inbound.api_keys,
+        base_dir,
+        problems,
+    );
 
     Some(Config {
         file: file.to_string(),
@@ -83,50 +84,10 @@ pub fn validate(
     })
 }
 
-fn validate_server(raw: RawServer, problems: &mut Problems) -> ServerConfig {
-    let listen = socket_addr(
-        raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
-        "server.listen",
-        problems,
-    )
-    .unwrap_or_else(|| fallback_addr(DEFAULT_LISTEN));
-    let public_url = raw.public_url.and_then(|text| {
-        public_url(&text)
-            .map_err(|m| problems.push("server.public_url", m))
-            .ok()
-    });
-    let shutdown_grace = raw
-        .shutdown_grace
-        .map(|text| {
-            units::parse_duration(&text)
-                .map_err(|m| problems.push("server.shutdown_grace", m))
-                .unwrap_or(DEFAULT_SHUTDOWN_GRACE)
-        })
-        .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
-    if raw.tls.is_some() {
-        problems.push(
-            "server.tls",
-            "TLS on the proxy listener is not available in this build yet; terminate TLS in front of azgate",
-        );
-    }
-    if raw.inbound.is_some() {
-        problems.push(
-            "server.inbound",
-            "inbound access control is not available in this build yet; keep the listener on loopback",
-        );
-    }
-    ServerConfig {
-        listen,
-        public_url,
-        allow_unauthenticated: raw.allow_unauthenticated.unwrap_or(false),
-        shutdown_grace,
-    }
-}
-
 fn validate_admin(raw: RawAdmin, problems: &mut Problems) -> AdminConfig {
     let listen = match raw.listen.as_deref() {
         Some("") => None,
-        Some(text) => socket_addr(text, "admin.listen", problems),
+        Some(text) => server::socket_addr(text, "admin.listen", problems),
         None => Some(fallback_addr(DEFAULT_ADMIN_LISTEN)),
     };
     AdminConfig { listen }
@@ -151,34 +112,9 @@ fn validate_log(raw: RawLog, problems: &mut Problems) -> LogConfig {
     LogConfig { format, level }
 }
 
-fn socket_addr(text: &str, path: &str, problems: &mut Problems) -> Option<SocketAddr> {
-    match text.parse::<SocketAddr>() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            problems.push(
-                path,
-                format!("invalid address \"{text}\"; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""),
-            );
-            None
-        }
-    }
-}
-
 /// The built-in defaults are literals that always parse; the fallback keeps validation
 /// going after a bad value without a panic path.
 fn fallback_addr(text: &str) -> SocketAddr {
     text.parse()
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
-}
-
-fn public_url(text: &str) -> Result<Uri, String> {
-    let uri: Uri = text
-        .parse()
-        .map_err(|e| format!("invalid URL \"{text}\": {e}"))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) if uri.query().is_none() => Ok(uri),
-        _ => Err(format!(
-            "invalid URL \"{text}\"; write an absolute http(s) URL such as \"https://gw.contoso.com\""
-        )),
-    }
 }

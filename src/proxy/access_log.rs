@@ -32,6 +32,8 @@ pub struct AccessLog {
     pub error: Option<&'static str>,
     /// Upstream attempts made (0 when azgate answered without asking the upstream).
     pub attempts: u32,
+    /// The client certificate's subject, with mTLS.
+    pub client_subject: Option<std::sync::Arc<str>>,
 }
 
 impl AccessLog {
@@ -49,6 +51,7 @@ impl AccessLog {
             bytes_in: Arc::new(AtomicU64::new(0)),
             error: None,
             attempts: 0,
+            client_subject: None,
         }
     }
 
@@ -60,6 +63,7 @@ impl AccessLog {
         tracing::info!(
             target: "azgate::access",
             peer = %self.peer,
+            client_cert = self.client_subject.as_deref(),
             method = %self.method,
             route = self.route.as_deref(),
             path = %self.path,

@@ -37,6 +37,27 @@ use crate::gateway::Gateway;
 /// Set on responses that took more than one upstream attempt.
 const ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-azgate-attempts");
 
+/// What azgate knows about the client connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The direct peer (a proxy in front of azgate, or the client itself).
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The verified client certificate's subject, with mTLS.
+    pub client_subject: Option<Arc<str>>,
+}
+
+impl ConnInfo {
+    pub fn plain(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            tls: false,
+            client_subject: None,
+        }
+    }
+}
+
 /// The proxy service shared by every connection. Cloning is cheap.
 #[derive(Clone)]
 pub struct Proxy {
@@ -52,17 +73,18 @@ impl Proxy {
     pub async fn handle(
         &self,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        conn: &ConnInfo,
     ) -> Response<ResponseBody> {
         // One snapshot of the hot state for the whole request, even if a reload lands.
         let gateway = self.gateway.load_full();
         let request_id = headers::request_id(request.headers());
         let mut log = AccessLog::start(
-            peer,
+            conn.peer,
             request.method().clone(),
             query::redact_for_log(request.uri().path(), request.uri().query()),
             request_id.to_str().unwrap_or_default().to_string(),
         );
+        log.client_subject = conn.client_subject.clone();
 
         let (mut response, idle_limit) =
             match forward(request, &gateway, &request_id, &mut log).await {

@@ -155,6 +155,9 @@ mod tests {
             timeout: Duration::from_secs(1),
             ca_roots: None,
             retry: Default::default(),
+            max_body: 1 << 30,
+            allow_encoded_slash: false,
+            api_keys: None,
         };
         Route::new(config, None, UpstreamClient::new(None))
     }

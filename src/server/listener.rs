@@ -12,7 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::proxy::Proxy;
+use std::sync::Arc;
+
+use crate::proxy::{ConnInfo, Proxy};
 
 /// A client that has not finished sending its request headers after this long is cut off
 /// (slowloris).
@@ -113,9 +115,10 @@ fn serve(
         tracing::debug!(%peer, "cannot set TCP keep-alive: {err}");
     }
     let proxy = proxy.clone();
+    let conn = Arc::new(ConnInfo::plain(peer));
     let service = service_fn(move |request| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+        let (proxy, conn) = (proxy.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(proxy.handle(request, &conn).await) }
     });
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
