@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::credentials::CredentialSet;
 use crate::env::Env;
 use crate::proxy::forward::UpstreamClient;
+use crate::proxy::inbound::access::AccessPolicy;
 use crate::proxy::route::{Route, Router};
 
 #[derive(Debug)]
@@ -17,11 +18,14 @@ pub struct Gateway {
     pub config: Arc<Config>,
     pub router: Router,
     pub credentials: CredentialSet,
+    /// Inbound keys and address allow-list of the proxy listener.
+    pub access: AccessPolicy,
 }
 
 impl Gateway {
     pub fn build(config: Config, env: &Env) -> Self {
         let credentials = CredentialSet::build(&config.credentials, env);
+        let access = AccessPolicy::new(&config.server.inbound);
         // Routes share one pooled client unless they trust a private CA: one pool per
         // trust configuration keeps connections reusable across routes to the same host.
         let shared = UpstreamClient::new(None);
@@ -49,6 +53,7 @@ impl Gateway {
             config: Arc::new(config),
             router: Router::new(routes),
             credentials,
+            access,
         }
     }
 }

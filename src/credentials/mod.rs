@@ -39,6 +39,19 @@ pub enum Injection {
     Query { name: &'static str, value: Secret },
 }
 
+impl Injection {
+    /// The secret part of the injection (the token without `Bearer `, or the key).
+    pub fn secret_bytes(&self) -> &[u8] {
+        match self {
+            Injection::Header { value, .. } => {
+                let bytes = value.as_bytes();
+                bytes.strip_prefix(b"Bearer ").unwrap_or(bytes)
+            }
+            Injection::Query { value, .. } => value.expose().as_bytes(),
+        }
+    }
+}
+
 /// Why a credential could not produce an injection. The message names the credential and
 /// the cause (an Entra `AADSTS` code when there is one), never a secret.
 #[derive(Debug, Clone, thiserror::Error)]

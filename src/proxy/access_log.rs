@@ -32,6 +32,8 @@ pub struct AccessLog {
     pub error: Option<&'static str>,
     /// Upstream attempts made (0 when azgate answered without asking the upstream).
     pub attempts: u32,
+    /// The client address (from `X-Forwarded-For` when the peer is a trusted proxy).
+    pub client: Option<std::net::IpAddr>,
     /// The client certificate's subject, with mTLS.
     pub client_subject: Option<std::sync::Arc<str>>,
 }
@@ -52,6 +54,7 @@ impl AccessLog {
             error: None,
             attempts: 0,
             client_subject: None,
+            client: None,
         }
     }
 
@@ -63,6 +66,7 @@ impl AccessLog {
         tracing::info!(
             target: "azgate::access",
             peer = %self.peer,
+            client = self.client.map(tracing::field::display),
             client_cert = self.client_subject.as_deref(),
             method = %self.method,
             route = self.route.as_deref(),

@@ -1,12 +1,10 @@
 //! Body types of the request path. Bodies are streamed frame by frame and never collected:
-//! `CountingBody` counts request bytes on their way upstream, `ResponseBody` counts response
+//! `ResponseBody` counts response
 //! bytes on their way to the client, bounds idle pauses, and writes the access log line
 //! when the response is finished (or abandoned by the client).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,47 +40,6 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// Counts the data bytes that pass through into a shared counter.
-pub struct CountingBody<B> {
-    inner: B,
-    counter: Arc<AtomicU64>,
-}
-
-impl<B> CountingBody<B> {
-    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
-        Self { inner, counter }
-    }
-}
-
-impl<B> Body for CountingBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// The upstream went quiet in the middle of a response body for longer than the route's
 /// timeout.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +59,20 @@ pub struct ResponseBody {
 struct IdleTimer {
     limit: Duration,
     sleep: Pin<Box<Sleep>>,
+    /// The clock runs only while waiting on the upstream, not while the client is slow to
+    /// take what was already sent.
+    waiting: bool,
+}
+
+impl IdleTimer {
+    /// Starts the clock on the first wait after data, then reports whether it ran out.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.waiting {
+            self.waiting = true;
+            self.sleep.as_mut().reset(Instant::now() + self.limit);
+        }
+        self.sleep.as_mut().poll(cx).is_ready()
+    }
 }
 
 impl ResponseBody {
@@ -110,6 +81,7 @@ impl ResponseBody {
         let idle = idle_limit.map(|limit| IdleTimer {
             limit,
             sleep: Box::pin(tokio::time::sleep(limit)),
+            waiting: false,
         });
         Self {
             inner,
@@ -137,7 +109,7 @@ impl Body for ResponseBody {
                     this.bytes += data.len() as u64;
                 }
                 if let Some(idle) = &mut this.idle {
-                    idle.sleep.as_mut().reset(Instant::now() + idle.limit);
+                    idle.waiting = false;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -151,7 +123,7 @@ impl Body for ResponseBody {
             }
             Poll::Pending => {
                 if let Some(idle) = &mut this.idle
-                    && idle.sleep.as_mut().poll(cx).is_ready()
+                    && idle.expired(cx)
                 {
                     this.failed = true;
                     return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(idle.limit)))));

@@ -31,6 +31,14 @@ pub enum ProxyError {
     },
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the request body is larger than this route's limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error(transparent)]
     CredentialUnavailable(#[from] CredentialError),
     #[error("upstream {upstream} is unreachable: {reason}")]
@@ -46,6 +54,10 @@ impl ProxyError {
             ProxyError::RouteNotFound { .. } => "route_not_found",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::PayloadTooLarge { .. } => "payload_too_large",
+            ProxyError::RequestTimeout(_) => "request_timeout",
             ProxyError::CredentialUnavailable(_) => "credential_unavailable",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -57,6 +69,10 @@ impl ProxyError {
             ProxyError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::CredentialUnavailable(_) | ProxyError::UpstreamUnreachable { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -66,13 +82,11 @@ impl ProxyError {
 
     pub fn source(&self) -> ErrorSource {
         match self {
-            ProxyError::RouteNotFound { .. }
-            | ProxyError::MethodNotAllowed { .. }
-            | ProxyError::BadRequest(_) => ErrorSource::Client,
             ProxyError::CredentialUnavailable(_) => ErrorSource::Credential,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
                 ErrorSource::Upstream
             }
+            _ => ErrorSource::Client,
         }
     }
 }
@@ -95,6 +109,12 @@ pub fn respond(err: &ProxyError, request_id: &str) -> Response<ProxyBody> {
     );
     headers.insert("x-azgate-error", HeaderValue::from_static(err.code()));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let ProxyError::Unauthorized(_) = err {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("AzgateKey realm=\"azgate\", header=\"x-azgate-key\""),
+        );
+    }
     if let ProxyError::MethodNotAllowed { allowed, .. } = err
         && let Ok(value) = HeaderValue::from_str(allowed)
     {

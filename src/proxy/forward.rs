@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
+use super::inbound::body::client_body_error;
 use crate::config::CaRoots;
 
 /// A TCP connect that takes longer than this is an unreachable upstream.
@@ -87,10 +88,16 @@ impl UpstreamClient {
     ) -> Result<Response<Incoming>, ProxyError> {
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(ProxyError::UpstreamUnreachable {
-                upstream: upstream.to_string(),
-                reason: error_chain(&err),
-            }),
+            // The client's body failing (too large, stalled, connection lost) is not the
+            // upstream's fault, whatever the client library calls it.
+            Ok(Err(err)) => {
+                Err(
+                    client_body_error(&err).unwrap_or_else(|| ProxyError::UpstreamUnreachable {
+                        upstream: upstream.to_string(),
+                        reason: error_chain(&err),
+                    }),
+                )
+            }
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 upstream: upstream.to_string(),
                 after: timeout,

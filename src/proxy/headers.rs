@@ -79,6 +79,23 @@ pub fn add_missing(headers: &mut HeaderMap, set_headers: &[(HeaderName, HeaderVa
     }
 }
 
+/// Drops every header whose value contains `secret` (an upstream echoing the injected
+/// credential back must not hand it to the client).
+pub fn remove_echoes(headers: &mut HeaderMap, secret: &[u8]) {
+    if secret.len() < 8 {
+        return;
+    }
+    let echoed: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(_, value)| memchr::memmem::find(value.as_bytes(), secret).is_some())
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in echoed {
+        tracing::warn!(header = %name, "the upstream echoed the injected credential in a response header; removed");
+        headers.remove(name);
+    }
+}
+
 /// The client's `x-ms-client-request-id` when it is a sensible id (1–256 visible ASCII
 /// characters), else a new UUID.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {

@@ -13,6 +13,7 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod inbound;
 pub mod prepare;
 pub mod query;
 pub mod replay;
@@ -30,6 +31,7 @@ use hyper::body::Incoming;
 use self::access_log::AccessLog;
 use self::body::{ProxyBody, ResponseBody};
 use self::error::ProxyError;
+use self::inbound::body::InboundBody;
 use self::prepare::UpstreamRequest;
 use self::replay::ReplayBody;
 use crate::gateway::Gateway;
@@ -87,7 +89,7 @@ impl Proxy {
         log.client_subject = conn.client_subject.clone();
 
         let (mut response, idle_limit) =
-            match forward(request, &gateway, &request_id, &mut log).await {
+            match forward(request, conn, &gateway, &request_id, &mut log).await {
                 Ok((response, idle_limit)) => (response, Some(idle_limit)),
                 Err(err) => {
                     log.error = Some(err.code());
@@ -108,13 +110,19 @@ impl Proxy {
     }
 }
 
-/// route -> prepare -> send -> rewrite. Returns the response and the idle limit for its body.
+/// inbound check -> route -> prepare -> send with retry -> rewrite. Returns the response
+/// and the idle limit for its body.
 async fn forward(
     request: Request<Incoming>,
+    conn: &ConnInfo,
     gateway: &Gateway,
     request_id: &HeaderValue,
     log: &mut AccessLog,
 ) -> Result<(Response<ProxyBody>, std::time::Duration), ProxyError> {
+    // inbound check
+    let admitted = inbound::admit(&request, conn, &gateway.access)?;
+    log.client = Some(admitted.client);
+
     // route
     let route =
         gateway
@@ -125,13 +133,19 @@ async fn forward(
             })?;
     log.route = Some(route.prefix().to_string());
     route.check_method(request.method())?;
+    inbound::admit_to_route(&request, &admitted, route)?;
 
-    // prepare upstream request: strip, inject credential
+    // prepare upstream request: strip, inject credential, hold the body for replay
     let authorization = send::authorize(route).await?;
     let (parts, incoming) = request.into_parts();
     let template = UpstreamRequest::new(&parts, route, request_id);
-    let limit = route.replay_limit();
-    let mut body = ReplayBody::read(incoming, limit, log.bytes_in.clone()).await?;
+    let incoming = InboundBody::new(
+        incoming,
+        log.bytes_in.clone(),
+        route.config.max_body,
+        gateway.config.server.body_idle_timeout,
+    );
+    let mut body = ReplayBody::read(body::boxed(incoming), route.replay_limit()).await?;
 
     // send with retry
     let sent =
@@ -140,14 +154,27 @@ async fn forward(
     log.attempts = sent.attempts;
 
     // rewrite response
-    Ok((rewrite_response(sent.result?, log), route.config.timeout))
+    let secret = sent
+        .authorization
+        .as_ref()
+        .map(|a| a.injection.secret_bytes());
+    let response = rewrite_response(sent.result?, secret, log);
+    Ok((response, route.config.timeout))
 }
 
-/// The "rewrite response" phase: hop-by-hop headers removed, the upstream's request id
-/// noted for the log; the body streams on untouched.
-fn rewrite_response(response: Response<Incoming>, log: &mut AccessLog) -> Response<ProxyBody> {
+/// The "rewrite response" phase: hop-by-hop headers removed, any header that echoes the
+/// injected credential dropped, the upstream's request id noted for the log; the body
+/// streams on untouched.
+fn rewrite_response(
+    response: Response<Incoming>,
+    injected: Option<&[u8]>,
+    log: &mut AccessLog,
+) -> Response<ProxyBody> {
     let (mut parts, incoming) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
+    if let Some(secret) = injected {
+        headers::remove_echoes(&mut parts.headers, secret);
+    }
     log.upstream_request_id = parts
         .headers
         .get(headers::UPSTREAM_REQUEST_ID)

@@ -5,18 +5,16 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
-use super::body::{self, BoxError, CountingBody, ProxyBody};
+use super::body::{self, BoxError, ProxyBody};
 use super::error::ProxyError;
+use super::inbound::body::client_body_error;
 
 /// A request body, held for replay or passed through once.
 pub enum ReplayBody {
@@ -30,29 +28,26 @@ pub enum ReplayBody {
 }
 
 impl ReplayBody {
-    /// Reads `incoming` up to `limit` bytes. `bytes_in` counts what the client sent, once.
-    pub async fn read(
-        incoming: Incoming,
-        limit: u64,
-        bytes_in: Arc<AtomicU64>,
-    ) -> Result<Self, ProxyError> {
+    /// Reads the client's body up to `limit` bytes.
+    pub async fn read(mut incoming: ProxyBody, limit: u64) -> Result<Self, ProxyError> {
         if incoming.is_end_stream() {
             return Ok(ReplayBody::Buffered {
                 data: Bytes::new(),
                 trailers: None,
             });
         }
-        let mut counted = CountingBody::new(incoming, bytes_in);
         // A declared length above the limit streams without reading a byte first.
-        if counted.size_hint().lower() > limit {
-            return Ok(ReplayBody::Streaming(Some(body::boxed(counted))));
+        if incoming.size_hint().lower() > limit {
+            return Ok(ReplayBody::Streaming(Some(incoming)));
         }
         let mut chunks: VecDeque<Bytes> = VecDeque::new();
         let mut total: u64 = 0;
         let mut trailers = None;
-        while let Some(frame) = counted.frame().await {
+        while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(|e| {
-                ProxyError::BadRequest(format!("the request body could not be read: {e}"))
+                client_body_error(e.as_ref()).unwrap_or_else(|| {
+                    ProxyError::BadRequest(format!("the request body could not be read: {e}"))
+                })
             })?;
             match frame.into_data() {
                 Ok(data) => {
@@ -60,10 +55,9 @@ impl ReplayBody {
                     chunks.push_back(data);
                     if total > limit {
                         // Too big after all: send what was read, then the rest, once.
-                        let rest = body::boxed(counted);
                         return Ok(ReplayBody::Streaming(Some(body::boxed(Prefixed {
                             prefix: chunks,
-                            rest,
+                            rest: incoming,
                         }))));
                     }
                 }

@@ -7,6 +7,7 @@ use http::Method;
 
 use super::error::ProxyError;
 use super::forward::UpstreamClient;
+use super::inbound::access::KeyDigest;
 use super::retry::RetryBudget;
 use crate::config::RouteConfig;
 use crate::credentials::Credential;
@@ -23,6 +24,8 @@ pub struct Route {
     pub upstream_label: String,
     /// Caps retries on this route at a fraction of its traffic.
     pub retry_budget: RetryBudget,
+    /// Digests of the inbound keys allowed on this route, when it narrows them.
+    pub key_digests: Option<Vec<KeyDigest>>,
 }
 
 impl Route {
@@ -38,6 +41,10 @@ impl Route {
                 .collect::<Vec<_>>()
                 .join(", ")
         });
+        let key_digests = config
+            .api_keys
+            .as_ref()
+            .map(|keys| keys.iter().map(KeyDigest::of_secret).collect());
         let upstream_label = config
             .upstream
             .to_string()
@@ -50,6 +57,7 @@ impl Route {
             allow,
             upstream_label,
             retry_budget: RetryBudget::default(),
+            key_digests,
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Sent {
     pub attempts: u32,
     /// From the first attempt's send to the final response headers.
     pub upstream_duration: Duration,
+    /// The credential the last attempt carried.
+    pub authorization: Option<Authorization>,
 }
 
 /// The route credential's authorization for the next attempt, if the route has one.
@@ -51,12 +53,12 @@ pub async fn send_with_retry(
             let err = ProxyError::BadRequest(
                 "the request body was already sent and cannot be sent again".into(),
             );
-            return finish(Err(err), attempts, started);
+            return finish(Err(err), attempts, started, authorization);
         };
         let injection = authorization.as_ref().map(|a| &a.injection);
         let request = match template.build(injection, attempt_body) {
             Ok(request) => request,
-            Err(err) => return finish(Err(err), attempts, started),
+            Err(err) => return finish(Err(err), attempts, started, authorization),
         };
         let result = route
             .client
@@ -67,7 +69,7 @@ pub async fn send_with_retry(
             Ok(response) => Ok(response),
             Err(err @ ProxyError::UpstreamUnreachable { .. }) => Err(err),
             // A timeout already cost the route's whole timeout: not retried.
-            Err(other) => return finish(Err(other), attempts, started),
+            Err(other) => return finish(Err(other), attempts, started, authorization),
         };
         let outcome = match &result {
             Ok(response) => Outcome::Response(response.status(), response.headers()),
@@ -87,7 +89,7 @@ pub async fn send_with_retry(
             token_replayed = true;
             authorization = match authorize(route).await {
                 Ok(authorization) => authorization,
-                Err(err) => return finish(Err(err), attempts, started),
+                Err(err) => return finish(Err(err), attempts, started, authorization),
             };
             continue;
         }
@@ -121,18 +123,24 @@ pub async fn send_with_retry(
                     request_id,
                     "retry budget of the route is spent: returning the upstream's answer"
                 );
-                return finish(result, attempts, started);
+                return finish(result, attempts, started, authorization);
             }
-            Decision::Stop(_) => return finish(result, attempts, started),
+            Decision::Stop(_) => return finish(result, attempts, started, authorization),
         }
     }
 }
 
-fn finish(result: Result<Response<Incoming>, ProxyError>, attempts: u32, started: Instant) -> Sent {
+fn finish(
+    result: Result<Response<Incoming>, ProxyError>,
+    attempts: u32,
+    started: Instant,
+    authorization: Option<Authorization>,
+) -> Sent {
     Sent {
         result,
         attempts,
         upstream_duration: started.elapsed(),
+        authorization,
     }
 }
 
