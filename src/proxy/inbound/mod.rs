@@ -126,9 +126,6 @@ fn check_shape<B>(request: &Request<B>) -> Result<(), ProxyError> {
     {
         return bad("the request has both Content-Length and Transfer-Encoding");
     }
-    if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return bad("the request has more than one Content-Length");
-    }
     Ok(())
 }
 
