@@ -16,9 +16,6 @@ use std::sync::Arc;
 
 use crate::proxy::{ConnInfo, Proxy};
 
-/// A client that has not finished sending its request headers after this long is cut off
-/// (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 pings keep idle client connections alive through NATs and detect dead peers.
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// TCP keep-alive on accepted sockets, for the same reason over HTTP/1.1.
@@ -63,13 +60,14 @@ impl Connections {
 pub async fn accept_until(
     listener: TcpListener,
     proxy: Proxy,
+    header_timeout: Duration,
     mut stopped: watch::Receiver<bool>,
 ) -> Connections {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .keep_alive(true);
     builder
         .http2()

@@ -76,6 +76,7 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
     }
 
     let grace = config.server.shutdown_grace;
+    let header_timeout = config.server.header_timeout;
     let gateway = Arc::new(ArcSwap::from_pointee(Gateway::build(config, &env)));
     let health = Arc::new(Health::default());
     let (stop, stopped) = watch::channel(false);
@@ -85,6 +86,7 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
         Proxy::new(gateway.clone()),
         health.clone(),
         grace,
+        header_timeout,
         stopped,
     ));
     Ok(RunningServer {
@@ -103,6 +105,7 @@ async fn run(
     proxy: Proxy,
     health: Arc<Health>,
     grace: Duration,
+    header_timeout: Duration,
     stopped: watch::Receiver<bool>,
 ) {
     // The admin listener outlives the proxy's drain so /readyz can report it.
@@ -110,7 +113,7 @@ async fn run(
     let admin_task =
         admin_listener.map(|l| tokio::spawn(admin::serve(l, health.clone(), admin_stopped)));
 
-    let connections = listener::accept_until(proxy_listener, proxy, stopped).await;
+    let connections = listener::accept_until(proxy_listener, proxy, header_timeout, stopped).await;
     health.set_draining();
     connections.drain(grace).await;
 
