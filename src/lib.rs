@@ -26,6 +26,7 @@ pub mod logging;
 pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod telemetry;
 
 /// Installs aws-lc-rs as the process-wide rustls crypto provider. Call once at start;
 /// later calls are harmless.

@@ -44,6 +44,8 @@ struct State {
     last_refresh: Option<Instant>,
     last_forced: Option<Instant>,
     fetches: u64,
+    successes: u64,
+    failed_fetches: u64,
 }
 
 /// What the cache looks like now, for status pages and probes. Never the token.
@@ -54,6 +56,9 @@ pub struct CacheStatus {
     pub last_refresh_ago: Option<Duration>,
     pub last_error: Option<String>,
     pub fetches: u64,
+    /// Fetches that returned a token, and that failed.
+    pub successes: u64,
+    pub failures: u64,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -153,6 +158,8 @@ impl TokenCache {
             last_refresh_ago: state.last_refresh.map(|at| now.duration_since(at)),
             last_error: state.last_error.as_ref().map(|e| e.message.clone()),
             fetches: state.fetches,
+            successes: state.successes,
+            failures: state.failed_fetches,
         }
     }
 
@@ -207,6 +214,7 @@ impl TokenCache {
                     "token fetched"
                 );
                 state.token = Some(token.clone());
+                state.successes += 1;
                 state.failures = 0;
                 state.retry_at = None;
                 state.last_error = None;
@@ -215,6 +223,7 @@ impl TokenCache {
             }
             Err(err) => {
                 state.failures = state.failures.saturating_add(1);
+                state.failed_fetches += 1;
                 let backoff = BACKOFF_START
                     .saturating_mul(1u32 << (state.failures - 1).min(16))
                     .min(BACKOFF_MAX);

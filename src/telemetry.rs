@@ -1,0 +1,367 @@
+//! The "log + metrics" phase's memory: Prometheus metrics (an explicit registry), the last
+//! requests for the status page, and per-route latency samples. One `Telemetry` lives for
+//! the whole process, across config reloads, so counters never restart on a reload.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::gateway::Gateway;
+
+/// Requests kept for the status page's history.
+const HISTORY: usize = 50;
+/// Latency samples kept per route for the status page's p50/p99.
+const SAMPLES: usize = 1024;
+/// Request duration buckets, in seconds: 5 ms to 2 min, covering ARM's long calls.
+const BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    route: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialOutcome {
+    credential: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabel {
+    credential: String,
+}
+
+/// One finished request, as the status page lists it. The path is already redacted.
+#[derive(Clone, Debug, Serialize)]
+pub struct RequestRecord {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub method: String,
+    pub route: Option<String>,
+    pub path: String,
+    pub status: u16,
+    pub attempts: u32,
+    pub duration_ms: f64,
+    pub request_id: String,
+}
+
+/// Per-route counts and latency for the status page.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RouteSummary {
+    pub requests: u64,
+    pub errors: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Default)]
+struct RouteSamples {
+    requests: u64,
+    errors: u64,
+    durations_ms: VecDeque<f64>,
+}
+
+pub struct Telemetry {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    upstream_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    inflight: Gauge,
+    retries: Family<RetryLabels, Counter>,
+    reloads: Family<OutcomeLabel, Counter>,
+    connections: Gauge,
+    gateway: Arc<OnceLock<Arc<ArcSwap<Gateway>>>>,
+    history: Mutex<VecDeque<RequestRecord>>,
+    routes: Mutex<HashMap<String, RouteSamples>>,
+    started: SystemTime,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Telemetry")
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+impl Telemetry {
+    pub fn new() -> Arc<Self> {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration =
+            Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let upstream_duration =
+            Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let inflight = Gauge::default();
+        let retries = Family::<RetryLabels, Counter>::default();
+        let reloads = Family::<OutcomeLabel, Counter>::default();
+        let connections = Gauge::default();
+        let gateway = Arc::new(OnceLock::new());
+
+        let mut registry = Registry::with_prefix("azgate");
+        registry.register(
+            "requests",
+            "Requests answered, by route prefix, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the end of the response body",
+            request_duration.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from the first upstream attempt to the final response headers",
+            upstream_duration.clone(),
+        );
+        registry.register("inflight_requests", "Requests being served", inflight.clone());
+        registry.register("retries", "Upstream retries, by route and reason", retries.clone());
+        registry.register("config_reloads", "Config reloads, by outcome", reloads.clone());
+        registry.register("connections_open", "Client connections open", connections.clone());
+        registry.register_collector(Box::new(TokenCollector(gateway.clone())));
+        Arc::new(Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            inflight,
+            retries,
+            reloads,
+            connections,
+            gateway,
+            history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+            routes: Mutex::new(HashMap::new()),
+            started: SystemTime::now(),
+        })
+    }
+
+    /// Lets the token metrics read the live gateway (set once, at start).
+    pub fn attach(&self, gateway: Arc<ArcSwap<Gateway>>) {
+        let _ = self.gateway.set(gateway);
+    }
+
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn inflight(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.inc();
+        InflightGuard(self.clone())
+    }
+
+    /// Counts an open client connection until the guard drops.
+    pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.inc();
+        ConnectionGuard(self.clone())
+    }
+
+    /// Records a finished request (from the access log).
+    pub fn record_request(&self, record: RequestRecord, upstream: Option<Duration>) {
+        let route = record.route.clone().unwrap_or_else(|| "none".to_string());
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                method: method_label(&record.method).to_string(),
+                status: record.status,
+            })
+            .inc();
+        let label = RouteLabel { route: route.clone() };
+        self.request_duration
+            .get_or_create(&label)
+            .observe(record.duration_ms / 1000.0);
+        if let Some(upstream) = upstream {
+            self.upstream_duration
+                .get_or_create(&label)
+                .observe(upstream.as_secs_f64());
+        }
+        {
+            let mut routes = lock(&self.routes);
+            let samples = routes.entry(route).or_default();
+            samples.requests += 1;
+            if record.status >= 400 {
+                samples.errors += 1;
+            }
+            if samples.durations_ms.len() == SAMPLES {
+                samples.durations_ms.pop_front();
+            }
+            samples.durations_ms.push_back(record.duration_ms);
+        }
+        let mut history = lock(&self.history);
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(record);
+    }
+
+    pub fn record_retry(&self, route: &str, reason: &str) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                route: route.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn record_reload(&self, ok: bool) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.reloads
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The most recent requests, newest first.
+    pub fn history(&self) -> Vec<RequestRecord> {
+        lock(&self.history).iter().rev().cloned().collect()
+    }
+
+    /// Counts and latency percentiles per route prefix.
+    pub fn route_summaries(&self) -> BTreeMap<String, RouteSummary> {
+        lock(&self.routes)
+            .iter()
+            .map(|(route, s)| {
+                let mut sorted: Vec<f64> = s.durations_ms.iter().copied().collect();
+                sorted.sort_by(f64::total_cmp);
+                let summary = RouteSummary {
+                    requests: s.requests,
+                    errors: s.errors,
+                    p50_ms: percentile(&sorted, 0.50),
+                    p99_ms: percentile(&sorted, 0.99),
+                };
+                (route.clone(), summary)
+            })
+            .collect()
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("cannot encode metrics: {err}");
+        }
+        out
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Bounded label values: the standard methods by name, anything else as `other`.
+fn method_label(method: &str) -> &str {
+    match method {
+        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" | "CONNECT" | "TRACE" => method,
+        _ => "other",
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+pub struct InflightGuard(Arc<Telemetry>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
+}
+
+pub struct ConnectionGuard(Arc<Telemetry>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
+}
+
+/// `azgate_token_fetches_total{credential,outcome}` and
+/// `azgate_token_expiry_timestamp_seconds{credential}`, read from the token caches of the
+/// gateway in service when Prometheus scrapes.
+#[derive(Debug)]
+struct TokenCollector(Arc<OnceLock<Arc<ArcSwap<Gateway>>>>);
+
+impl Collector for TokenCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let fetches = Family::<CredentialOutcome, Counter>::default();
+        let expiry = Family::<CredentialLabel, Gauge<f64, AtomicU64>>::default();
+        if let Some(gateway) = self.0.get() {
+            let gateway = gateway.load();
+            let now = SystemTime::now();
+            for credential in gateway.credentials.iter() {
+                let Some(cache) = credential.cache() else {
+                    continue;
+                };
+                let status = cache.status();
+                let name = credential.name().to_string();
+                for (outcome, n) in [("success", status.successes), ("failure", status.failures)] {
+                    fetches
+                        .get_or_create(&CredentialOutcome {
+                            credential: name.clone(),
+                            outcome: outcome.to_string(),
+                        })
+                        .inc_by(n);
+                }
+                if let Some(left) = status.expires_in.filter(|_| status.has_token) {
+                    let at = (now + left).duration_since(UNIX_EPOCH).unwrap_or_default();
+                    expiry
+                        .get_or_create(&CredentialLabel { credential: name })
+                        .set(at.as_secs_f64());
+                }
+            }
+        }
+        let counter = encoder.encode_descriptor(
+            "azgate_token_fetches",
+            "Token fetches, by credential and outcome",
+            None,
+            fetches.metric_type(),
+        )?;
+        fetches.encode(counter)?;
+        let gauge = encoder.encode_descriptor(
+            "azgate_token_expiry_timestamp_seconds",
+            "When each credential's current token expires (Unix time)",
+            None,
+            expiry.metric_type(),
+        )?;
+        expiry.encode(gauge)?;
+        Ok(())
+    }
+}
