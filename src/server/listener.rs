@@ -1,25 +1,37 @@
-//! The accept loop of the proxy listener, and the drain that ends it.
+//! The accept loop of the proxy listener, each connection's life (TLS handshake when
+//! configured, then HTTP/1.1 or HTTP/2), and the drain that ends it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use std::sync::Arc;
-
+use super::tls::{self, TlsTerminator};
 use crate::proxy::{ConnInfo, Proxy};
 
 /// HTTP/2 pings keep idle client connections alive through NATs and detect dead peers.
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// TCP keep-alive on accepted sockets, for the same reason over HTTP/1.1.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// How the proxy listener serves connections, from `[server]`.
+pub struct ListenerSettings {
+    /// HTTPS when set.
+    pub tls: Option<Arc<TlsTerminator>>,
+    /// Bounds the TLS handshake and the wait for each request's headers (slowloris).
+    pub header_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+}
 
 /// Connections being served; drained on shutdown.
 pub struct Connections {
@@ -55,25 +67,42 @@ impl Connections {
     }
 }
 
+/// What a connection task needs, shared by all of them.
+struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    proxy: Proxy,
+    tls: Option<Arc<TlsTerminator>>,
+    handshake_timeout: Duration,
+}
+
 /// Accepts and serves connections until `stopped` turns true; then stops accepting
 /// (the listener is dropped) and returns the connections still open.
 pub async fn accept_until(
     listener: TcpListener,
     proxy: Proxy,
-    header_timeout: Duration,
+    settings: ListenerSettings,
     mut stopped: watch::Receiver<bool>,
 ) -> Connections {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(settings.header_timeout)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
         .adaptive_window(true);
+    let shared = Arc::new(Shared {
+        builder,
+        proxy,
+        tls: settings.tls,
+        handshake_timeout: settings.header_timeout,
+    });
+    let limit = Arc::new(Semaphore::new(
+        settings.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
 
     let mut connections = Connections {
         graceful: GracefulShutdown::new(),
@@ -81,8 +110,17 @@ pub async fn accept_until(
     };
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve(stream, peer, &builder, &proxy, &mut connections),
+            accepted = accept(&listener, &limit) => match accepted {
+                Ok((stream, peer, permit)) => {
+                    let task = serve(
+                        stream,
+                        peer,
+                        permit,
+                        shared.clone(),
+                        connections.graceful.watcher(),
+                    );
+                    connections.tasks.spawn(task);
+                }
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of spinning.
                     tracing::warn!("accept failed: {err}");
@@ -97,12 +135,30 @@ pub async fn accept_until(
     connections
 }
 
-fn serve(
+/// Takes a connection slot, then a connection. The slot comes first so that, at the limit,
+/// new clients wait in the kernel's listen backlog rather than in azgate's memory.
+async fn accept(
+    listener: &TcpListener,
+    limit: &Arc<Semaphore>,
+) -> std::io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let permit = limit
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(std::io::Error::other)?;
+    let (stream, peer) = listener.accept().await?;
+    Ok((stream, peer, permit))
+}
+
+/// One connection, from the TLS handshake (when configured) until it closes. Runs in its
+/// own task so a slow handshake never holds up the accept loop; the connection slot is
+/// released when it ends.
+async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    builder: &auto::Builder<TokioExecutor>,
-    proxy: &Proxy,
-    connections: &mut Connections,
+    _permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+    watcher: Watcher,
 ) {
     // Small responses must not wait for Nagle's algorithm.
     if let Err(err) = stream.set_nodelay(true) {
@@ -112,19 +168,66 @@ fn serve(
     if let Err(err) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
         tracing::debug!(%peer, "cannot set TCP keep-alive: {err}");
     }
-    let proxy = proxy.clone();
-    let conn = Arc::new(ConnInfo::plain(peer));
+    let Some(terminator) = &shared.tls else {
+        return serve_http(
+            TokioIo::new(stream),
+            ConnInfo::plain(peer),
+            &shared,
+            watcher,
+        )
+        .await;
+    };
+    let handshake = terminator.acceptor().accept(stream);
+    let stream = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            log_handshake_failure(peer, &err);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake not finished in time; closing");
+            return;
+        }
+    };
+    let conn = ConnInfo {
+        peer,
+        tls: true,
+        client_subject: tls::client_subject(stream.get_ref().1),
+    };
+    serve_http(TokioIo::new(stream), conn, &shared, watcher).await;
+}
+
+/// HTTP/1.1 or HTTP/2 (by ALPN, or by the client's preface without TLS) until the
+/// connection closes or the drain closes it.
+async fn serve_http<I>(io: I, conn: ConnInfo, shared: &Shared, watcher: Watcher)
+where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let proxy = shared.proxy.clone();
+    let conn = Arc::new(conn);
     let service = service_fn(move |request| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
         async move { Ok::<_, Infallible>(proxy.handle(request, &conn).await) }
     });
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .into_owned();
-    let conn = connections.graceful.watch(conn);
-    connections.tasks.spawn(async move {
-        if let Err(err) = conn.await {
-            tracing::debug!(%peer, "connection ended: {err}");
-        }
-    });
+    let connection = shared.builder.serve_connection(io, service);
+    if let Err(err) = watcher.watch(connection).await {
+        tracing::debug!(%peer, "connection ended: {err}");
+    }
+}
+
+/// A rejected client certificate is worth an operator's attention; scanners and clients
+/// that give up mid-handshake are not.
+fn log_handshake_failure(peer: SocketAddr, err: &std::io::Error) {
+    let rustls_error = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(
+            rustls::Error::NoCertificatesPresented
+            | rustls::Error::InvalidCertificate(_)
+            | rustls::Error::InvalidCertRevocationList(_),
+        ) => tracing::info!(%peer, "TLS client certificate rejected: {err}"),
+        _ => tracing::debug!(%peer, "TLS handshake failed: {err}"),
+    }
 }

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 pub mod entra;
 pub mod identity;
 pub mod scripted;
+pub mod tls;
 pub mod video_indexer;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
