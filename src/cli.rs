@@ -222,7 +222,17 @@ fn serve(source: ConfigSource) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let signal = signals.recv().await;
+        let signal = loop {
+            match signals.next().await {
+                server::shutdown::Request::Shutdown(signal) => break signal,
+                server::shutdown::Request::Reload => {
+                    tracing::info!("SIGHUP received: reloading the TLS files");
+                    if let Err(err) = running.reload_tls() {
+                        tracing::warn!("TLS reload failed; the previous certificate stays: {err}");
+                    }
+                }
+            }
+        };
         tracing::info!("{signal} received: shutting down");
         running.shutdown();
         running.wait().await;
@@ -234,10 +244,28 @@ fn serve(source: ConfigSource) -> ExitCode {
 pub fn describe(config: &Config) -> String {
     let mut out = String::new();
     out.push_str(&format!("config: {} (valid)\n", config.file));
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     out.push_str(&format!(
-        "proxy listener: http://{}\n",
+        "proxy listener: {scheme}://{}",
         config.server.listen
     ));
+    match &config.server.tls {
+        Some(tls) if tls.client_ca.is_some() => out.push_str(" (mTLS)\n"),
+        _ => out.push('\n'),
+    }
+    let inbound = &config.server.inbound;
+    if !inbound.api_keys.is_empty() || !inbound.allow.is_empty() {
+        out.push_str(&format!(
+            "inbound: {} key(s), {} allowed range(s), {} trusted proxy range(s)\n",
+            inbound.api_keys.len(),
+            inbound.allow.len(),
+            inbound.trusted_proxies.len()
+        ));
+    }
     match config.admin.listen {
         Some(addr) => out.push_str(&format!("admin listener: http://{addr}\n")),
         None => out.push_str("admin listener: disabled\n"),

@@ -146,10 +146,26 @@ impl Telemetry {
             "Time from the first upstream attempt to the final response headers",
             upstream_duration.clone(),
         );
-        registry.register("inflight_requests", "Requests being served", inflight.clone());
-        registry.register("retries", "Upstream retries, by route and reason", retries.clone());
-        registry.register("config_reloads", "Config reloads, by outcome", reloads.clone());
-        registry.register("connections_open", "Client connections open", connections.clone());
+        registry.register(
+            "inflight_requests",
+            "Requests being served",
+            inflight.clone(),
+        );
+        registry.register(
+            "retries",
+            "Upstream retries, by route and reason",
+            retries.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads, by outcome",
+            reloads.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open",
+            connections.clone(),
+        );
         registry.register_collector(Box::new(TokenCollector(gateway.clone())));
         Arc::new(Self {
             registry,
@@ -198,7 +214,9 @@ impl Telemetry {
                 status: record.status,
             })
             .inc();
-        let label = RouteLabel { route: route.clone() };
+        let label = RouteLabel {
+            route: route.clone(),
+        };
         self.request_duration
             .get_or_create(&label)
             .observe(record.duration_ms / 1000.0);
@@ -284,7 +302,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Bounded label values: the standard methods by name, anything else as `other`.
 fn method_label(method: &str) -> &str {
     match method {
-        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" | "CONNECT" | "TRACE" => method,
+        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" | "CONNECT" | "TRACE" => {
+            method
+        }
         _ => "other",
     }
 }

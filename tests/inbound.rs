@@ -468,6 +468,16 @@ async fn a_client_that_stalls_is_cut_off() {
         "slowloris connection kept open"
     );
 
+    // A client that connects and sends nothing at all is closed too.
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a silent connection kept open"
+    );
+
     // A body that stops half way: 408 request_timeout, nothing forwarded.
     let (status, body) = raw(
         gw.addr,

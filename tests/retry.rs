@@ -331,7 +331,11 @@ async fn the_budget_caps_retries_under_a_sustained_outage() {
     // Once the window has slid past, retries are allowed again.
     tokio::time::advance(Duration::from_secs(11)).await;
     // A new client: the idle pooled connection was closed by the header timeout meanwhile.
-    let response = client().get(format!("{}/r/x", gw.url)).send().await.unwrap();
+    let response = client()
+        .get(format!("{}/r/x", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["x-azgate-attempts"], "4");
 }
 

@@ -2,8 +2,11 @@
 //! configured, then HTTP/1.1 or HTTP/2), and the drain that ends it.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::rt::{Read, Write};
@@ -11,9 +14,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Sleep;
 
 use super::tls::{self, TlsTerminator};
 use crate::proxy::{ConnInfo, Proxy};
@@ -169,6 +174,7 @@ async fn serve(
         tracing::debug!(%peer, "cannot set TCP keep-alive: {err}");
     }
     let Some(terminator) = &shared.tls else {
+        let stream = FirstByteDeadline::new(stream, shared.handshake_timeout);
         return serve_http(
             TokioIo::new(stream),
             ConnInfo::plain(peer),
@@ -194,7 +200,82 @@ async fn serve(
         tls: true,
         client_subject: tls::client_subject(stream.get_ref().1),
     };
+    let stream = FirstByteDeadline::new(stream, shared.handshake_timeout);
     serve_http(TokioIo::new(stream), conn, &shared, watcher).await;
+}
+
+/// A connection that sends nothing at all is closed after the header timeout. hyper's own
+/// header timeout starts only once it knows the protocol, which takes a first byte (the
+/// auto builder reads the preface to choose HTTP/1.1 or HTTP/2), so without this a silent
+/// client would hold a connection slot forever.
+struct FirstByteDeadline<S> {
+    inner: S,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> FirstByteDeadline<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &polled {
+            Poll::Ready(_) if buf.filled().len() > before => self.deadline = None,
+            Poll::Pending => {
+                if let Some(deadline) = &mut self.deadline
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client sent nothing within the header timeout",
+                    )));
+                }
+            }
+            Poll::Ready(_) => {}
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// HTTP/1.1 or HTTP/2 (by ALPN, or by the client's preface without TLS) until the

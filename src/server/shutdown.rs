@@ -1,16 +1,26 @@
-//! Process signals that end `azgate serve`. The handlers are installed before the
-//! listeners open, so a SIGTERM that arrives right after start still drains gracefully
-//! instead of killing the process.
+//! Process signals of `azgate serve`: SIGTERM and SIGINT (Ctrl-C) stop it, SIGHUP reloads.
+//! The handlers are installed before the listeners open, so a signal that arrives right
+//! after start is handled, not fatal.
 
 #[cfg(unix)]
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// SIGTERM and SIGINT (Ctrl-C) handlers.
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Drain and exit; names the signal.
+    Shutdown(&'static str),
+    /// Reload the config and the TLS files.
+    Reload,
+}
+
 pub struct Signals {
     #[cfg(unix)]
     term: Option<Signal>,
     #[cfg(unix)]
     int: Option<Signal>,
+    #[cfg(unix)]
+    hup: Option<Signal>,
 }
 
 impl Signals {
@@ -18,13 +28,16 @@ impl Signals {
     pub fn install() -> Self {
         #[cfg(unix)]
         {
-            let term = signal(SignalKind::terminate())
-                .map_err(|e| tracing::warn!("cannot handle SIGTERM: {e}"))
-                .ok();
-            let int = signal(SignalKind::interrupt())
-                .map_err(|e| tracing::warn!("cannot handle SIGINT: {e}"))
-                .ok();
-            Self { term, int }
+            let install = |kind: SignalKind, name: &str| {
+                signal(kind)
+                    .map_err(|e| tracing::warn!("cannot handle {name}: {e}"))
+                    .ok()
+            };
+            Self {
+                term: install(SignalKind::terminate(), "SIGTERM"),
+                int: install(SignalKind::interrupt(), "SIGINT"),
+                hup: install(SignalKind::hangup(), "SIGHUP"),
+            }
         }
         #[cfg(not(unix))]
         {
@@ -32,31 +45,28 @@ impl Signals {
         }
     }
 
-    /// Resolves when a shutdown signal arrives, naming it.
-    pub async fn recv(&mut self) -> &'static str {
+    /// The next signal.
+    pub async fn next(&mut self) -> Request {
         #[cfg(unix)]
         {
-            let term = async {
-                match &mut self.term {
-                    Some(s) => s.recv().await,
+            async fn recv(signal: &mut Option<Signal>) {
+                match signal {
+                    Some(s) => {
+                        s.recv().await;
+                    }
                     None => std::future::pending().await,
                 }
-            };
-            let int = async {
-                match &mut self.int {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
+            }
             tokio::select! {
-                _ = term => "SIGTERM",
-                _ = int => "SIGINT",
+                _ = recv(&mut self.term) => Request::Shutdown("SIGTERM"),
+                _ = recv(&mut self.int) => Request::Shutdown("SIGINT"),
+                _ = recv(&mut self.hup) => Request::Reload,
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
-            "Ctrl-C"
+            Request::Shutdown("Ctrl-C")
         }
     }
 }
