@@ -222,14 +222,40 @@ fn serve(source: ConfigSource) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let mut watcher = match &source {
+            ConfigSource::File(path) => match server::reload::ConfigWatcher::new(path) {
+                Ok(watcher) => Some(watcher),
+                Err(err) => {
+                    tracing::warn!("{err}; the config reloads on SIGHUP only");
+                    None
+                }
+            },
+            ConfigSource::Embedded => None,
+        };
         let signal = loop {
-            match signals.next().await {
-                server::shutdown::Request::Shutdown(signal) => break signal,
-                server::shutdown::Request::Reload => {
-                    tracing::info!("SIGHUP received: reloading the TLS files");
-                    if let Err(err) = running.reload_tls() {
-                        tracing::warn!("TLS reload failed; the previous certificate stays: {err}");
+            let file_changed = async {
+                match &mut watcher {
+                    Some(watcher) => watcher.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                request = signals.next() => match request {
+                    server::shutdown::Request::Shutdown(signal) => break signal,
+                    server::shutdown::Request::Reload => {
+                        tracing::info!("SIGHUP received: reloading the config and the TLS files");
+                        if let Some(watcher) = &mut watcher {
+                            watcher.mark_loaded();
+                        }
+                        let _ = server::reload::reload(&source, &running);
+                        if let Err(err) = running.reload_tls() {
+                            tracing::warn!("TLS reload failed; the previous certificate stays: {err}");
+                        }
                     }
+                },
+                () = file_changed => {
+                    tracing::info!("the config file changed: reloading");
+                    let _ = server::reload::reload(&source, &running);
                 }
             }
         };

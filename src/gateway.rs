@@ -24,7 +24,17 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn build(config: Config, env: &Env) -> Self {
-        let credentials = CredentialSet::build(&config.credentials, env);
+        Self::rebuild(config, env, None)
+    }
+
+    /// A gateway for a new config that keeps the credentials (and their cached tokens)
+    /// whose definition did not change since `previous`.
+    pub fn rebuild(config: Config, env: &Env, previous: Option<&Gateway>) -> Self {
+        let credentials = CredentialSet::rebuild(
+            &config.credentials,
+            env,
+            previous.map(|p| (&p.config.credentials, &p.credentials)),
+        );
         let access = AccessPolicy::new(&config.server.inbound);
         // Routes share one pooled client unless they trust a private CA: one pool per
         // trust configuration keeps connections reusable across routes to the same host.

@@ -317,6 +317,7 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     Some(sorted[rank - 1])
 }
 
+#[derive(Debug)]
 pub struct InflightGuard(Arc<Telemetry>);
 
 impl Drop for InflightGuard {
@@ -325,6 +326,7 @@ impl Drop for InflightGuard {
     }
 }
 
+#[derive(Debug)]
 pub struct ConnectionGuard(Arc<Telemetry>);
 
 impl Drop for ConnectionGuard {

@@ -1,18 +1,30 @@
-//! The admin listener: health and readiness for orchestrators. It never proxies.
+//! The admin listener: health, readiness, Prometheus metrics and the status page. It never
+//! proxies. It can have its own TLS and inbound controls (`[admin.tls]`,
+//! `[admin.inbound]`), checked like the proxy listener's.
+
+mod status;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode, header};
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::gateway::Gateway;
 use crate::proxy::body::{self, ProxyBody};
+use crate::proxy::headers::AZGATE_KEY;
+use crate::proxy::inbound::access::{AccessPolicy, KeyDigest};
+use crate::server::TlsTerminatorHandle;
+use crate::telemetry::Telemetry;
 
 /// Process health shared between the server and the admin endpoints.
 #[derive(Debug, Default)]
@@ -30,69 +42,209 @@ impl Health {
     }
 }
 
-/// Serves admin requests until `stop` turns true.
-pub async fn serve(listener: TcpListener, health: Arc<Health>, mut stop: watch::Receiver<bool>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!("admin listener accept failed: {err}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => return,
-        };
-        let health = health.clone();
-        let service = service_fn(move |request| {
-            let health = health.clone();
-            async move { Ok::<_, Infallible>(respond(&request, &health)) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(%peer, "admin connection ended: {err}");
-            }
-        });
-    }
+/// What the admin endpoints read.
+pub struct AdminState {
+    pub health: Arc<Health>,
+    pub telemetry: Arc<Telemetry>,
+    pub gateway: Arc<ArcSwap<Gateway>>,
+    pub access: AccessPolicy,
+    pub tls: Option<TlsTerminatorHandle>,
 }
+
+/// A client must finish its TLS handshake and request head within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Resolves once `stop` turns true (or its sender is gone).
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-fn respond(request: &Request<Incoming>, health: &Health) -> Response<ProxyBody> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
+/// Serves admin requests until `stop` turns true.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!("admin listener accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        };
+        tokio::spawn(serve_connection(stream, peer, state.clone()));
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<AdminState>) {
+    let service = {
+        let state = state.clone();
+        service_fn(move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(respond(&request, peer, &state)) }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT);
+    let result = match &state.tls {
+        Some(tls) => {
+            let handshake = tls.acceptor().accept(stream);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, "admin TLS handshake failed: {err}");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        None => {
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, "admin connection ended: {err}");
+    }
+}
+
+fn respond(
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+    state: &AdminState,
+) -> Response<ProxyBody> {
+    let client = state.access.client_addr(peer.ip(), request.headers());
+    if !state.access.address_allowed(client) {
         return json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            r#"{"error":"admin endpoints answer GET only"}"#,
+            StatusCode::FORBIDDEN,
+            error_body("forbidden", "this address may not use the admin endpoints"),
         );
     }
+    if state.access.requires_key() {
+        let key = request
+            .headers()
+            .get(AZGATE_KEY)
+            .map(|v| KeyDigest::of(v.as_bytes()));
+        if !key.is_some_and(|k| state.access.key_accepted(&k)) {
+            let mut response = json(
+                StatusCode::UNAUTHORIZED,
+                error_body(
+                    "unauthorized",
+                    "send an admin key in the x-azgate-key header",
+                ),
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(
+                    "AzgateKey realm=\"azgate-admin\", header=\"x-azgate-key\"",
+                ),
+            );
+            return response;
+        }
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            error_body("method_not_allowed", "admin endpoints answer GET and HEAD"),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
     match request.uri().path() {
-        "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        "/readyz" if health.is_draining() => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"status":"draining","reason":"shutting down: not accepting new requests"}"#,
-        ),
-        "/readyz" => json(StatusCode::OK, r#"{"status":"ready"}"#),
+        "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.to_string()),
+        "/readyz" => readiness(state),
+        "/metrics" => {
+            let mut response = Response::new(body::full(state.telemetry.encode()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        "/status.json" => json(StatusCode::OK, status::json(state).to_string()),
+        "/status" | "/" => {
+            let mut response = Response::new(body::full(status::PAGE));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            // The page is self-contained: no script, style or request may come from elsewhere.
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+                ),
+            );
+            response
+        }
         _ => json(
             StatusCode::NOT_FOUND,
-            r#"{"error":"unknown admin endpoint; try /healthz or /readyz"}"#,
+            error_body(
+                "not_found",
+                "admin endpoints: /healthz /readyz /metrics /status /status.json",
+            ),
         ),
     }
 }
 
-fn json(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+/// 200 when serving and no credential used by a route is failing without a valid token;
+/// 503 while draining or when one is, with the reason.
+fn readiness(state: &AdminState) -> Response<ProxyBody> {
+    if state.health.is_draining() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "draining", "reason": "shutting down: not accepting new requests"}).to_string(),
+        );
+    }
+    let gateway = state.gateway.load();
+    let failing: Vec<serde_json::Value> = gateway
+        .router
+        .routes()
+        .filter_map(|route| route.credential.as_ref())
+        .filter_map(|credential| {
+            let status = credential.cache()?.status();
+            (!status.has_token && status.last_error.is_some()).then(
+                || serde_json::json!({"credential": credential.name(), "error": status.last_error}),
+            )
+        })
+        .collect();
+    if failing.is_empty() {
+        json(StatusCode::OK, r#"{"status":"ready"}"#.to_string())
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "not_ready", "reason": "a credential used by a route has no valid token", "credentials": failing})
+                .to_string(),
+        )
+    }
+}
+
+fn error_body(code: &str, message: &str) -> String {
+    serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+}
+
+fn json(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut response = Response::new(body::full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
+        HeaderValue::from_static("application/json"),
     );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub allow_unauthenticated: bool,
     /// How long in-flight requests may run after SIGTERM before the process exits.
     pub shutdown_grace: Duration,
+    /// After SIGTERM, `/readyz` turns 503 at once but the listener keeps serving this
+    /// long, so a load balancer can take azgate out of rotation first (default 0).
+    pub drain_delay: Duration,
     /// A client must send its request line and headers within this time (slowloris).
     pub header_timeout: Duration,
     /// Longest pause allowed while a client sends its request body.
@@ -113,6 +116,10 @@ pub struct InboundConfig {
 pub struct AdminConfig {
     /// Address of the admin listener; `None` when disabled with `listen = ""`.
     pub listen: Option<SocketAddr>,
+    /// HTTPS for the admin endpoints (`[admin.tls]`, same keys as `[server.tls]`).
+    pub tls: Option<TlsConfig>,
+    /// Who may call the admin endpoints (`[admin.inbound]`, same keys as `[server.inbound]`).
+    pub inbound: InboundConfig,
 }
 
 /// `[log]`.
@@ -130,7 +137,7 @@ pub enum LogFormat {
 }
 
 /// One `[credentials.NAME]` entry, validated for its `type`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CredentialConfig {
     /// A fixed header, e.g. a bearer token taken from a variable. The value is marked
     /// sensitive: its `Debug` prints `Sensitive`.
@@ -214,7 +221,7 @@ impl Audience {
 }
 
 /// An Entra ID application: who asks for the token and where.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EntraApp {
     pub tenant: String,
     pub client_id: String,
@@ -225,7 +232,7 @@ pub struct EntraApp {
 }
 
 /// `type = "client_secret"`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientSecretConfig {
     pub app: EntraApp,
     pub client_secret: Secret,
@@ -233,7 +240,7 @@ pub struct ClientSecretConfig {
 }
 
 /// `type = "client_certificate"`: a PEM file holding the certificate (chain) and its key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientCertificateConfig {
     pub app: EntraApp,
     pub audience: Audience,
@@ -247,7 +254,7 @@ pub struct ClientCertificateConfig {
 }
 
 /// `type = "managed_identity"`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ManagedIdentityConfig {
     pub audience: Audience,
     /// A user-assigned identity's client id.
@@ -258,7 +265,7 @@ pub struct ManagedIdentityConfig {
 
 /// `type = "workload_identity"`; unset keys come from the `AZURE_*` variables the AKS
 /// webhook injects.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkloadIdentityConfig {
     pub audience: Audience,
     pub tenant: Option<String>,
@@ -268,7 +275,7 @@ pub struct WorkloadIdentityConfig {
 }
 
 /// `type = "azure_cli"`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AzureCliConfig {
     pub audience: Audience,
     pub tenant: Option<String>,
@@ -276,13 +283,13 @@ pub struct AzureCliConfig {
 }
 
 /// `type = "default"`: environment, workload identity, managed identity, Azure CLI.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DefaultConfig {
     pub audience: Audience,
 }
 
 /// `type = "video_indexer"`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VideoIndexerConfig {
     /// `trial` or an Azure region name.
     pub location: String,
@@ -295,7 +302,7 @@ pub struct VideoIndexerConfig {
     pub management_url: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum VideoIndexerAuth {
     /// Classic (API key) account: the subscription key buys an account access token.
     Classic {

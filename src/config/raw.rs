@@ -19,6 +19,7 @@ pub struct RawServer {
     pub public_url: Option<String>,
     pub allow_unauthenticated: Option<bool>,
     pub shutdown_grace: Option<String>,
+    pub drain_delay: Option<String>,
     pub header_timeout: Option<String>,
     pub body_idle_timeout: Option<String>,
     pub max_connections: Option<usize>,
@@ -31,6 +32,8 @@ pub struct RawServer {
 #[serde(default)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    pub tls: Option<toml::Table>,
+    pub inbound: Option<toml::Table>,
 }
 
 /// `[log]`.

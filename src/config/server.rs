@@ -83,20 +83,24 @@ pub fn validate(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> Ser
     let tls = raw
         .tls
         .and_then(|table| raw::section::<RawTls>(toml::Value::Table(table), "server.tls", problems))
-        .and_then(|t| tls(t, base_dir, problems));
+        .and_then(|t| tls(t, "server.tls", base_dir, problems));
     let inbound = raw
         .inbound
         .and_then(|table| {
             raw::section::<RawInbound>(toml::Value::Table(table), "server.inbound", problems)
         })
-        .map(|i| inbound(i, problems))
+        .map(|i| inbound(i, "server.inbound", problems))
         .unwrap_or_default();
     let allow_unauthenticated = raw.allow_unauthenticated.unwrap_or(false);
+    let drain_delay = match raw.drain_delay {
+        Some(text) => units::parse_duration(&text).unwrap_or_else(|m| {
+            problems.push("server.drain_delay", m);
+            Duration::ZERO
+        }),
+        None => Duration::ZERO,
+    };
 
-    let controlled = !inbound.api_keys.is_empty()
-        || !inbound.allow.is_empty()
-        || tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-    if !listen.ip().is_loopback() && !controlled && !allow_unauthenticated {
+    if !listen.ip().is_loopback() && !controlled(&inbound, tls.as_ref()) && !allow_unauthenticated {
         problems.push(
             "server.listen",
             format!(
@@ -114,6 +118,7 @@ pub fn validate(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> Ser
         public_url,
         allow_unauthenticated,
         shutdown_grace,
+        drain_delay,
         header_timeout,
         body_idle_timeout,
         max_connections,
@@ -122,7 +127,12 @@ pub fn validate(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> Ser
     }
 }
 
-fn tls(raw: RawTls, base_dir: &Path, problems: &mut Problems) -> Option<TlsConfig> {
+pub fn tls(
+    raw: RawTls,
+    section: &str,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<TlsConfig> {
     let cert = match raw.cert {
         Some(file) => {
             let path = base_dir.join(file);
@@ -140,13 +150,16 @@ fn tls(raw: RawTls, base_dir: &Path, problems: &mut Problems) -> Option<TlsConfi
                 }) {
                 Ok(()) => Some(path),
                 Err(e) => {
-                    problems.push("server.tls.cert", format!("\"{}\": {e}", path.display()));
+                    problems.push(
+                        join(section, "cert"),
+                        format!("\"{}\": {e}", path.display()),
+                    );
                     None
                 }
             }
         }
         None => {
-            problems.push("server.tls.cert", "missing key (PEM certificate chain)");
+            problems.push(join(section, "cert"), "missing key (PEM certificate chain)");
             None
         }
     };
@@ -157,7 +170,7 @@ fn tls(raw: RawTls, base_dir: &Path, problems: &mut Problems) -> Option<TlsConfi
                 Ok(pem) if PrivateKeyDer::from_pem_slice(&pem).is_ok() => Some(path),
                 Ok(_) => {
                     problems.push(
-                        "server.tls.key",
+                        join(section, "key"),
                         format!(
                             "\"{}\" holds no PKCS#1, SEC1 or PKCS#8 private key",
                             path.display()
@@ -167,7 +180,7 @@ fn tls(raw: RawTls, base_dir: &Path, problems: &mut Problems) -> Option<TlsConfi
                 }
                 Err(e) => {
                     problems.push(
-                        "server.tls.key",
+                        join(section, "key"),
                         format!("cannot read \"{}\": {e}", path.display()),
                     );
                     None
@@ -175,7 +188,7 @@ fn tls(raw: RawTls, base_dir: &Path, problems: &mut Problems) -> Option<TlsConfi
             }
         }
         None => {
-            problems.push("server.tls.key", "missing key (PEM private key)");
+            problems.push(join(section, "key"), "missing key (PEM private key)");
             None
         }
     };
@@ -189,14 +202,14 @@ fn tls(raw: RawTls, base_dir: &Path, problems: &mut Problems) -> Option<TlsConfi
             Ok(n) if n > 0 => Some(path),
             Ok(_) => {
                 problems.push(
-                    "server.tls.client_ca",
+                    join(section, "client_ca"),
                     format!("\"{}\" holds no CERTIFICATE block", path.display()),
                 );
                 None
             }
             Err(e) => {
                 problems.push(
-                    "server.tls.client_ca",
+                    join(section, "client_ca"),
                     format!("cannot read \"{}\": {e}", path.display()),
                 );
                 None
@@ -210,10 +223,10 @@ fn tls(raw: RawTls, base_dir: &Path, problems: &mut Problems) -> Option<TlsConfi
     })
 }
 
-fn inbound(raw: RawInbound, problems: &mut Problems) -> InboundConfig {
+pub fn inbound(raw: RawInbound, section: &str, problems: &mut Problems) -> InboundConfig {
     let mut api_keys = Vec::new();
     for (i, key) in raw.api_keys.unwrap_or_default().into_iter().enumerate() {
-        let path = format!("server.inbound.api_keys[{i}]");
+        let path = format!("{}[{i}]", join(section, "api_keys"));
         if key.trim().len() < 16 {
             problems.push(
                 path,
@@ -227,15 +240,22 @@ fn inbound(raw: RawInbound, problems: &mut Problems) -> InboundConfig {
         api_keys,
         allow: cidrs(
             raw.allow.unwrap_or_default(),
-            "server.inbound.allow",
+            &join(section, "allow"),
             problems,
         ),
         trusted_proxies: cidrs(
             raw.trusted_proxies.unwrap_or_default(),
-            "server.inbound.trusted_proxies",
+            &join(section, "trusted_proxies"),
             problems,
         ),
     }
+}
+
+/// Whether a listener has an inbound control: keys, an address allow-list or mTLS.
+pub fn controlled(inbound: &InboundConfig, tls: Option<&TlsConfig>) -> bool {
+    !inbound.api_keys.is_empty()
+        || !inbound.allow.is_empty()
+        || tls.is_some_and(|t| t.client_ca.is_some())
 }
 
 /// CIDRs, or bare addresses (a /32 or /128).

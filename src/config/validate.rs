@@ -56,7 +56,7 @@ pub fn validate(
     }
 
     let server = server::validate(server, base_dir, problems);
-    let admin = validate_admin(admin, problems);
+    let admin = validate_admin(admin, base_dir, problems);
     let log = validate_log(log, problems);
     // Routes may name any declared credential, valid or not: a broken credential is
     // reported once, at its own path, not again at every route that uses it.
@@ -84,13 +84,42 @@ pub fn validate(
     })
 }
 
-fn validate_admin(raw: RawAdmin, problems: &mut Problems) -> AdminConfig {
+fn validate_admin(raw: RawAdmin, base_dir: &Path, problems: &mut Problems) -> AdminConfig {
     let listen = match raw.listen.as_deref() {
         Some("") => None,
         Some(text) => server::socket_addr(text, "admin.listen", problems),
         None => Some(fallback_addr(DEFAULT_ADMIN_LISTEN)),
     };
-    AdminConfig { listen }
+    let tls = raw
+        .tls
+        .and_then(|t| raw::section::<server::RawTls>(toml::Value::Table(t), "admin.tls", problems))
+        .and_then(|t| server::tls(t, "admin.tls", base_dir, problems));
+    let inbound = raw
+        .inbound
+        .and_then(|t| {
+            raw::section::<server::RawInbound>(toml::Value::Table(t), "admin.inbound", problems)
+        })
+        .map(|i| server::inbound(i, "admin.inbound", problems))
+        .unwrap_or_default();
+    // The admin endpoints never proxy, but the status page shows routes and recent
+    // request paths: the same rule as the proxy listener applies.
+    if let Some(addr) = listen
+        && !addr.ip().is_loopback()
+        && !server::controlled(&inbound, tls.as_ref())
+    {
+        problems.push(
+            "admin.listen",
+            format!(
+                "{addr} is reachable from other machines; protect the admin endpoints with \
+                 [admin.inbound] api_keys or allow, or [admin.tls] client_ca, or keep them on loopback"
+            ),
+        );
+    }
+    AdminConfig {
+        listen,
+        tls,
+        inbound,
+    }
 }
 
 fn validate_log(raw: RawLog, problems: &mut Problems) -> LogConfig {

@@ -181,9 +181,30 @@ impl CredentialSet {
     /// Builds every credential. Video Indexer credentials that buy their token with an
     /// ARM token are built after the credential they name (validated to exist).
     pub fn build(configs: &BTreeMap<String, CredentialConfig>, env: &Env) -> Self {
+        Self::rebuild(configs, env, None)
+    }
+
+    /// Builds the credentials of a new config, keeping (with their cached tokens) those
+    /// whose definition did not change since `previous` (the config and set in service).
+    pub fn rebuild(
+        configs: &BTreeMap<String, CredentialConfig>,
+        env: &Env,
+        previous: Option<(&BTreeMap<String, CredentialConfig>, &CredentialSet)>,
+    ) -> Self {
+        let kept = |name: &str, config: &CredentialConfig| {
+            let (old_configs, old_set) = previous?;
+            (old_configs.get(name) == Some(config))
+                .then(|| old_set.get(name).cloned())
+                .flatten()
+        };
         let mut by_name = BTreeMap::new();
         for (name, config) in configs {
-            if let Some(source) = simple_source(config) {
+            if matches!(config, CredentialConfig::VideoIndexer(_)) {
+                continue;
+            }
+            if let Some(credential) = kept(name, config) {
+                by_name.insert(name.clone(), credential);
+            } else if let Some(source) = simple_source(config) {
                 let credential = Credential {
                     name: name.clone(),
                     kind: config.kind(),
@@ -203,13 +224,23 @@ impl CredentialSet {
             let CredentialConfig::VideoIndexer(vi) = config else {
                 continue;
             };
-            let arm = match &vi.auth {
-                crate::config::VideoIndexerAuth::Arm { arm, .. } => by_name
-                    .get(arm)
-                    .and_then(|c: &Arc<Credential>| c.cache())
-                    .cloned(),
+            let arm_name = match &vi.auth {
+                crate::config::VideoIndexerAuth::Arm { arm, .. } => Some(arm.as_str()),
                 crate::config::VideoIndexerAuth::Classic { .. } => None,
             };
+            // Kept only if the ARM credential it buys its token with was kept too.
+            let arm_kept = arm_name.is_none_or(|arm| {
+                let old = previous.and_then(|(_, set)| set.get(arm));
+                matches!((old, by_name.get(arm)), (Some(a), Some(b)) if Arc::ptr_eq(a, b))
+            });
+            if arm_kept && let Some(credential) = kept(name, config) {
+                by_name.insert(name.clone(), credential);
+                continue;
+            }
+            let arm = arm_name
+                .and_then(|arm| by_name.get(arm))
+                .and_then(|c: &Arc<Credential>| c.cache())
+                .cloned();
             let source = video_indexer::VideoIndexer::new(vi, arm);
             let credential = Credential {
                 name: name.clone(),

@@ -4,10 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
 use tokio::time::Instant;
+
+use crate::telemetry::{InflightGuard, RequestRecord, Telemetry};
 
 /// What is known about a request as it goes through the path; emitted once.
 #[derive(Debug)]
@@ -34,6 +36,8 @@ pub struct AccessLog {
     pub attempts: u32,
     /// The client address (from `X-Forwarded-For` when the peer is a trusted proxy).
     pub client: Option<std::net::IpAddr>,
+    /// Where the finished request is counted; holds the in-flight gauge until then.
+    pub telemetry: Option<(Arc<Telemetry>, InflightGuard)>,
     /// The client certificate's subject, with mTLS.
     pub client_subject: Option<std::sync::Arc<str>>,
 }
@@ -55,13 +59,29 @@ impl AccessLog {
             attempts: 0,
             client_subject: None,
             client: None,
+            telemetry: None,
         }
     }
 
     /// Writes the event. `complete` is false when the body was cut short (client gone,
     /// upstream error or idle timeout).
-    pub fn emit(self, bytes_out: u64, complete: bool) {
+    pub fn emit(mut self, bytes_out: u64, complete: bool) {
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        if let Some((telemetry, _inflight)) = self.telemetry.take() {
+            let record = RequestRecord {
+                at_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                method: self.method.to_string(),
+                route: self.route.clone(),
+                path: self.path.clone(),
+                status: self.status,
+                attempts: self.attempts,
+                duration_ms,
+                request_id: self.request_id.clone(),
+            };
+            telemetry.record_request(record, self.upstream_duration);
+        }
         let upstream_ms = self.upstream_duration.map(|d| d.as_secs_f64() * 1000.0);
         tracing::info!(
             target: "azgate::access",

@@ -35,6 +35,7 @@ use self::inbound::body::InboundBody;
 use self::prepare::UpstreamRequest;
 use self::replay::ReplayBody;
 use crate::gateway::Gateway;
+use crate::telemetry::Telemetry;
 
 /// Set on responses that took more than one upstream attempt.
 const ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-azgate-attempts");
@@ -64,11 +65,12 @@ impl ConnInfo {
 #[derive(Clone)]
 pub struct Proxy {
     gateway: Arc<ArcSwap<Gateway>>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Proxy {
-    pub fn new(gateway: Arc<ArcSwap<Gateway>>) -> Self {
-        Self { gateway }
+    pub fn new(gateway: Arc<ArcSwap<Gateway>>, telemetry: Arc<Telemetry>) -> Self {
+        Self { gateway, telemetry }
     }
 
     /// Serves one request. Never fails: azgate's own errors are responses too.
@@ -87,16 +89,25 @@ impl Proxy {
             request_id.to_str().unwrap_or_default().to_string(),
         );
         log.client_subject = conn.client_subject.clone();
+        log.telemetry = Some((self.telemetry.clone(), self.telemetry.inflight()));
 
-        let (mut response, idle_limit) =
-            match forward(request, conn, &gateway, &request_id, &mut log).await {
-                Ok((response, idle_limit)) => (response, Some(idle_limit)),
-                Err(err) => {
-                    log.error = Some(err.code());
-                    tracing::debug!(request_id = %log.request_id, source = ?err.source(), "{err}");
-                    (error::respond(&err, &log.request_id), None)
-                }
-            };
+        let (mut response, idle_limit) = match forward(
+            request,
+            conn,
+            &gateway,
+            &self.telemetry,
+            &request_id,
+            &mut log,
+        )
+        .await
+        {
+            Ok((response, idle_limit)) => (response, Some(idle_limit)),
+            Err(err) => {
+                log.error = Some(err.code());
+                tracing::debug!(request_id = %log.request_id, source = ?err.source(), "{err}");
+                (error::respond(&err, &log.request_id), None)
+            }
+        };
         response
             .headers_mut()
             .insert(headers::CLIENT_REQUEST_ID, request_id);
@@ -116,6 +127,7 @@ async fn forward(
     request: Request<Incoming>,
     conn: &ConnInfo,
     gateway: &Gateway,
+    telemetry: &Telemetry,
     request_id: &HeaderValue,
     log: &mut AccessLog,
 ) -> Result<(Response<ProxyBody>, std::time::Duration), ProxyError> {
@@ -148,8 +160,15 @@ async fn forward(
     let mut body = ReplayBody::read(body::boxed(incoming), route.replay_limit()).await?;
 
     // send with retry
-    let sent =
-        send::send_with_retry(route, &template, &mut body, authorization, &log.request_id).await;
+    let sent = send::send_with_retry(
+        route,
+        &template,
+        &mut body,
+        authorization,
+        &log.request_id,
+        telemetry,
+    )
+    .await;
     log.upstream_duration = Some(sent.upstream_duration);
     log.attempts = sent.attempts;
 

@@ -15,6 +15,7 @@ use super::replay::ReplayBody;
 use super::retry::{self, Decision, Outcome};
 use super::route::Route;
 use crate::credentials::Authorization;
+use crate::telemetry::Telemetry;
 
 /// The final upstream outcome and how it was reached.
 pub struct Sent {
@@ -41,6 +42,7 @@ pub async fn send_with_retry(
     body: &mut ReplayBody,
     mut authorization: Option<Authorization>,
     request_id: &str,
+    telemetry: &Telemetry,
 ) -> Sent {
     let started = Instant::now();
     let policy = &route.config.retry;
@@ -111,6 +113,7 @@ pub async fn send_with_retry(
                     reason,
                     "retrying"
                 );
+                telemetry.record_retry(route.prefix(), reason);
                 // The failed response is dropped unread; its connection is not reused.
                 drop(result);
                 tokio::time::sleep(wait).await;

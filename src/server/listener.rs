@@ -22,6 +22,7 @@ use tokio::time::Sleep;
 
 use super::tls::{self, TlsTerminator};
 use crate::proxy::{ConnInfo, Proxy};
+use crate::telemetry::Telemetry;
 
 /// HTTP/2 pings keep idle client connections alive through NATs and detect dead peers.
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -36,6 +37,8 @@ pub struct ListenerSettings {
     pub header_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Counts open connections.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Connections being served; drained on shutdown.
@@ -78,6 +81,7 @@ struct Shared {
     proxy: Proxy,
     tls: Option<Arc<TlsTerminator>>,
     handshake_timeout: Duration,
+    telemetry: Arc<Telemetry>,
 }
 
 /// Accepts and serves connections until `stopped` turns true; then stops accepting
@@ -104,6 +108,7 @@ pub async fn accept_until(
         proxy,
         tls: settings.tls,
         handshake_timeout: settings.header_timeout,
+        telemetry: settings.telemetry,
     });
     let limit = Arc::new(Semaphore::new(
         settings.max_connections.clamp(1, Semaphore::MAX_PERMITS),
@@ -165,6 +170,7 @@ async fn serve(
     shared: Arc<Shared>,
     watcher: Watcher,
 ) {
+    let _open = shared.telemetry.connection();
     // Small responses must not wait for Nagle's algorithm.
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");

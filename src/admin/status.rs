@@ -1,0 +1,89 @@
+//! `/status.json` and the `/status` page that renders it. Everything here is safe to show:
+//! paths are redacted by the access log, credentials show their source and token expiry,
+//! never a token.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json as j};
+
+use super::AdminState;
+
+/// The self-contained status page (HTML, CSS and script inline; no external assets).
+pub const PAGE: &str = include_str!("status.html");
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn json(state: &AdminState) -> Value {
+    let gateway = state.gateway.load();
+    let now = SystemTime::now();
+    let summaries = state.telemetry.route_summaries();
+    let mut prefixes: Vec<_> = gateway
+        .config
+        .routes
+        .iter()
+        .map(|r| r.prefix.clone())
+        .collect();
+    prefixes.sort();
+    let routes: Vec<Value> = gateway
+        .config
+        .routes
+        .iter()
+        .map(|route| {
+            let summary = summaries.get(&route.prefix).cloned().unwrap_or_default();
+            j!({
+                "prefix": route.prefix,
+                "upstream": route.upstream.to_string().trim_end_matches('/'),
+                "credential": route.credential,
+                "methods": route.methods.as_ref().map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
+                "requests": summary.requests,
+                "errors": summary.errors,
+                "p50_ms": summary.p50_ms,
+                "p99_ms": summary.p99_ms,
+            })
+        })
+        .collect();
+    let credentials: Vec<Value> = gateway
+        .credentials
+        .iter()
+        .map(|credential| match credential.cache() {
+            Some(cache) => {
+                let s = cache.status();
+                j!({
+                    "name": credential.name(),
+                    "type": credential.kind(),
+                    "source": cache.describe(),
+                    "has_token": s.has_token,
+                    "expires_at_ms": s.expires_in.filter(|_| s.has_token).map(|left| unix_ms(now + left)),
+                    "last_refresh_ms": s.last_refresh_ago.and_then(|ago| now.checked_sub(ago)).map(unix_ms),
+                    "last_error": s.last_error,
+                    "fetches": {"success": s.successes, "failure": s.failures},
+                })
+            }
+            None => j!({
+                "name": credential.name(),
+                "type": credential.kind(),
+                "source": "fixed value from the config",
+                "has_token": true,
+                "expires_at_ms": null,
+                "last_refresh_ms": null,
+                "last_error": null,
+                "fetches": null,
+            }),
+        })
+        .collect();
+    let started = state.telemetry.started();
+    j!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "now_ms": unix_ms(now),
+        "started_ms": unix_ms(started),
+        "uptime_seconds": now.duration_since(started).map_or(0.0, |d| d.as_secs_f64()),
+        "draining": state.health.is_draining(),
+        "config": gateway.config.file,
+        "routes": routes,
+        "credentials": credentials,
+        "requests": state.telemetry.history(),
+    })
+}
