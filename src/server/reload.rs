@@ -83,12 +83,7 @@ impl ConfigWatcher {
                 std::future::pending::<()>().await;
             }
             // Let a burst of events (write, rename, chmod, symlink swap) settle.
-            loop {
-                match tokio::time::timeout(DEBOUNCE, self.changes.recv()).await {
-                    Ok(Some(())) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, self.changes.recv()).await {}
             let now = std::fs::read(&self.path).ok();
             if now.is_some() && now != self.last {
                 self.last = now;
