@@ -371,14 +371,15 @@ impl Collector for TokenCollector {
             }
         }
         let counter = encoder.encode_descriptor(
-            "azgate_token_fetches",
+            // The registry adds the `azgate_` prefix.
+            "token_fetches",
             "Token fetches, by credential and outcome",
             None,
             fetches.metric_type(),
         )?;
         fetches.encode(counter)?;
         let gauge = encoder.encode_descriptor(
-            "azgate_token_expiry_timestamp_seconds",
+            "token_expiry_timestamp_seconds",
             "When each credential's current token expires (Unix time)",
             None,
             expiry.metric_type(),
