@@ -26,8 +26,10 @@ fn client_secret(name: &str, entra: &MockEntra, client_id: &str) -> String {
     )
 }
 
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
 /// Prometheus samples as (name, sorted labels) -> value.
-fn samples(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+fn samples(text: &str) -> Samples {
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse");
     scrape
