@@ -550,3 +550,53 @@ async fn drain_turns_readiness_off_first_then_stops_accepting() {
         .await
         .expect("drained");
 }
+
+#[tokio::test]
+async fn the_admin_listener_has_its_own_inbound_controls() {
+    let upstream = MockUpstream::echo().await;
+    let text = support::config_text(&format!("[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\n", upstream.url))
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[admin.inbound]\napi_keys = [\"admin-key-0123456789abcdef\"]\n",
+        );
+    let gw = Azgate::start_with(&text, std::path::Path::new("."), &HashMap::new()).await;
+    let admin = gw.admin_url.clone().unwrap();
+    let c = client();
+    let refused = c.get(format!("{admin}/status.json")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("x-azgate-key")
+    );
+    let ok = c
+        .get(format!("{admin}/status.json"))
+        .header("x-azgate-key", "admin-key-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // The proxy listener is not affected by the admin keys.
+    assert_eq!(
+        c.get(format!("{}/x", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let err = azgate::config::parse(
+        "[admin]\nlisten = \"0.0.0.0:9090\"\n",
+        "t.toml",
+        std::path::Path::new("."),
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("admin.listen") && err.contains("[admin.inbound]"),
+        "{err}"
+    );
+}
