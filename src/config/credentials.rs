@@ -1,6 +1,7 @@
 //! `[credentials.NAME]` tables -> `CredentialConfig`, checked against the keys of their
 //! `type`. Secret values are never echoed in messages.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -84,6 +85,7 @@ const DEFAULT_MANAGEMENT_URL: &str = "https://management.azure.com";
 
 pub fn validate_all(
     tables: toml::Table,
+    default_audiences: &HashMap<String, Audience>,
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Vec<(String, CredentialConfig)> {
@@ -97,7 +99,8 @@ pub fn validate_all(
             problems.push(&path, "must be a table with a `type` key");
             continue;
         };
-        if let Some(credential) = validate_one(table, &path, base_dir, problems) {
+        let default_audience = default_audiences.get(&name);
+        if let Some(credential) = validate_one(table, &path, default_audience, base_dir, problems) {
             out.push((name, credential));
         }
     }
@@ -139,6 +142,7 @@ fn check_video_indexer_references(all: &[(String, CredentialConfig)], problems: 
 fn validate_one(
     table: toml::Table,
     path: &str,
+    default_audience: Option<&Audience>,
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Option<CredentialConfig> {
@@ -176,7 +180,11 @@ fn validate_one(
         }
     }
     let raw: RawCredential = raw::section(toml::Value::Table(table), path, problems)?;
-    let mut v = Check { path, problems };
+    let mut v = Check {
+        path,
+        problems,
+        default_audience,
+    };
     let config = match kind.as_str() {
         "static" => {
             let header = header_name(
@@ -277,6 +285,8 @@ fn validate_one(
 struct Check<'a> {
     path: &'a str,
     problems: &'a mut Problems,
+    /// The audience a route preset gives when the credential names none.
+    default_audience: Option<&'a Audience>,
 }
 
 impl Check<'_> {
@@ -368,13 +378,16 @@ impl Check<'_> {
                     .push(self.path, "`scope` / `resource` is empty");
                 None
             }
-            (None, None) => {
-                self.problems.push(
-                    self.path,
-                    "missing `scope` (e.g. \"https://management.azure.com/.default\") or `resource`",
-                );
-                None
-            }
+            (None, None) => match self.default_audience {
+                Some(audience) => Some(audience.clone()),
+                None => {
+                    self.problems.push(
+                        self.path,
+                        "missing `scope` (e.g. \"https://management.azure.com/.default\") or `resource`",
+                    );
+                    None
+                }
+            },
         }
     }
 

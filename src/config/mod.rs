@@ -7,6 +7,7 @@
 mod credentials;
 mod error;
 mod interpolate;
+pub mod presets;
 mod raw;
 mod retry;
 mod routes;
@@ -357,6 +358,14 @@ pub struct RouteConfig {
     pub allow_encoded_slash: bool,
     /// When set, only these inbound keys may use the route.
     pub api_keys: Option<Vec<Secret>>,
+    /// The preset the route was built from, if any (for `azgate check`).
+    pub preset: Option<presets::Preset>,
+    /// Query parameters added when the client did not send them (`api-version`).
+    pub set_query: Vec<(String, String)>,
+    /// Rewrite upstream URLs inside JSON response bodies (`nextLink` …), up to
+    /// `rewrite_body_limit` bytes; larger bodies stream unchanged.
+    pub rewrite_body_links: bool,
+    pub rewrite_body_limit: u64,
 }
 
 /// When and how a route retries.

@@ -97,6 +97,13 @@ pub struct RawRoute {
     pub max_body: Option<String>,
     pub allow_encoded_slash: Option<bool>,
     pub api_keys: Option<Vec<String>>,
+    pub preset: Option<String>,
+    pub account: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub set_query: Option<BTreeMap<String, String>>,
+    pub rewrite_body_links: Option<bool>,
+    pub rewrite_body_limit: Option<String>,
 }
 
 /// Deserialises one section, recording unknown keys and type errors under `path`.

@@ -12,11 +12,15 @@ use rustls::pki_types::pem::PemObject;
 
 use super::error::{Problems, join};
 use super::raw::{self, RawRoute};
+use super::presets::{self, Preset};
 use super::{CaRoots, RetryConfig, RouteConfig, units};
 use crate::secret::Secret;
 
 /// Default request body limit: enough for a 2 GB Video Indexer upload with headroom.
 pub const DEFAULT_MAX_BODY: u64 = 4 << 30;
+
+/// Default size limit for rewriting links in JSON response bodies.
+pub const DEFAULT_REWRITE_LIMIT: u64 = 8 << 20;
 
 /// Default time to wait for an upstream's response headers.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -73,7 +77,7 @@ pub fn validate_all(
 }
 
 fn validate_one(
-    raw: RawRoute,
+    mut raw: RawRoute,
     path: &str,
     credentials: &[&str],
     retry: &RetryConfig,
@@ -81,6 +85,65 @@ fn validate_one(
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Option<RouteConfig> {
+    let preset = match raw.preset.as_deref() {
+        Some(name) => match Preset::parse(name) {
+            Some(preset) => {
+                preset.apply(&mut raw, path, problems);
+                Some(preset)
+            }
+            None => {
+                problems.push(
+                    join(path, "preset"),
+                    format!("unknown preset \"{name}\"; expected one of: {}", presets::NAMES),
+                );
+                None
+            }
+        },
+        None => {
+            for (key, set) in [
+                ("account", raw.account.is_some()),
+                ("region", raw.region.is_some()),
+                ("endpoint", raw.endpoint.is_some()),
+            ] {
+                if set {
+                    problems.push(join(path, key), "only applies with a `preset`");
+                }
+            }
+            None
+        }
+    };
+    let set_query = raw
+        .set_query
+        .take()
+        .map(|map| {
+            map.into_iter()
+                .filter(|(name, _)| {
+                    let ok = !name.is_empty();
+                    if !ok {
+                        problems.push(join(path, "set_query"), "empty parameter name");
+                    }
+                    ok
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let rewrite_body_limit = match &raw.rewrite_body_limit {
+        Some(text) => match units::parse_size(text) {
+            Ok(n) if n <= 64 << 20 => n,
+            Ok(_) => {
+                problems.push(
+                    join(path, "rewrite_body_limit"),
+                    "must be at most 64MiB: the body is held in memory to rewrite it",
+                );
+                DEFAULT_REWRITE_LIMIT
+            }
+            Err(m) => {
+                problems.push(join(path, "rewrite_body_limit"), m);
+                DEFAULT_REWRITE_LIMIT
+            }
+        },
+        None => DEFAULT_REWRITE_LIMIT,
+    };
     let prefix = match raw.prefix {
         Some(text) => prefix(&text)
             .map_err(|m| problems.push(join(path, "prefix"), m))
@@ -193,6 +256,10 @@ fn validate_one(
             Some(table) => super::retry::resolve(table, retry, &join(path, "retry"), problems),
             None => retry.clone(),
         },
+        preset,
+        set_query,
+        rewrite_body_links: raw.rewrite_body_links.unwrap_or(false),
+        rewrite_body_limit,
     })
 }
 

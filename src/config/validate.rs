@@ -8,7 +8,7 @@ use std::path::Path;
 use super::error::Problems;
 use super::raw::{self, RawAdmin, RawLog, RawServer};
 use super::{
-    AdminConfig, Config, LogConfig, LogFormat, RetryConfig, credentials, retry, routes, server,
+    AdminConfig, Config, presets, LogConfig, LogFormat, RetryConfig, credentials, retry, routes, server,
 };
 
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -62,7 +62,9 @@ pub fn validate(
     // reported once, at its own path, not again at every route that uses it.
     let declared: Vec<String> = credential_tables.keys().cloned().collect();
     let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
-    let credentials = credentials::validate_all(credential_tables, base_dir, problems);
+    let preset_audiences = presets::credential_audiences(&route_values, problems);
+    let credentials =
+        credentials::validate_all(credential_tables, &preset_audiences, base_dir, problems);
     let retry = retry::resolve(&raw_retry, &RetryConfig::default(), "retry", problems);
     let routes = routes::validate_all(
         route_values,

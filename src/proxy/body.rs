@@ -3,6 +3,7 @@
 //! bytes on their way to the client, bounds idle pauses, and writes the access log line
 //! when the response is finished (or abandoned by the client).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -148,5 +149,47 @@ impl Drop for ResponseBody {
             let complete = !self.failed && (self.finished || self.inner.is_end_stream());
             log.emit(self.bytes, complete);
         }
+    }
+}
+
+/// Chunks already read, then the rest of the body.
+pub struct Prefixed {
+    prefix: VecDeque<Bytes>,
+    rest: ProxyBody,
+}
+
+impl Prefixed {
+    pub fn new(prefix: VecDeque<Bytes>, rest: ProxyBody) -> Self {
+        Self { prefix, rest }
+    }
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(chunk) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self.prefix.iter().map(|c| c.len() as u64).sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + buffered);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + buffered);
+        }
+        hint
     }
 }

@@ -18,6 +18,7 @@ pub mod prepare;
 pub mod query;
 pub mod replay;
 pub mod retry;
+pub mod rewrite;
 pub mod route;
 pub mod send;
 
@@ -146,6 +147,8 @@ async fn forward(
     log.route = Some(route.prefix().to_string());
     route.check_method(request.method())?;
     inbound::admit_to_route(&request, &admitted, route)?;
+    let links = public_origin(gateway, conn, &request)
+        .and_then(|origin| rewrite::LinkRewriter::new(route, &origin));
 
     // prepare upstream request: strip, inject credential, hold the body for replay
     let authorization = send::authorize(route).await?;
@@ -177,8 +180,33 @@ async fn forward(
         .authorization
         .as_ref()
         .map(|a| a.injection.secret_bytes());
-    let response = rewrite_response(sent.result?, secret, log);
+    let mut response = rewrite_response(sent.result?, secret, log);
+    if let Some(links) = &links {
+        links.headers(response.headers_mut());
+        if route.config.rewrite_body_links {
+            response =
+                rewrite::json_response(response, links, route.config.rewrite_body_limit).await;
+        }
+    }
     Ok((response, route.config.timeout))
+}
+
+/// Where clients reach azgate: `server.public_url`, else the scheme of the connection and
+/// the `Host` (or HTTP/2 `:authority`) the client used.
+fn public_origin<B>(gateway: &Gateway, conn: &ConnInfo, request: &Request<B>) -> Option<String> {
+    if let Some(url) = &gateway.config.server.public_url {
+        return Some(url.to_string().trim_end_matches('/').to_string());
+    }
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))?;
+    // A Host header that is not a plain authority must not end up in a Location header.
+    http::uri::Authority::try_from(host.as_str()).ok()?;
+    let scheme = if conn.tls { "https" } else { "http" };
+    Some(format!("{scheme}://{host}"))
 }
 
 /// The "rewrite response" phase: hop-by-hop headers removed, any header that echoes the

@@ -36,13 +36,20 @@ impl UpstreamRequest {
         // The pooled client sets Host (or :authority) from the upstream URI.
         headers.remove(header::HOST);
         headers::add_missing(&mut headers, &route.config.set_headers);
+        if route.config.rewrite_body_links {
+            // Links in compressed bodies could not be rewritten.
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        }
         headers.insert(headers::CLIENT_REQUEST_ID, request_id.clone());
         let upstream = &route.config.upstream;
         Self {
             method: client.method.clone(),
             uri_parts: (upstream.scheme().cloned(), upstream.authority().cloned()),
             path: route.upstream_path(client.uri.path()),
-            query: client.uri.query().and_then(query::strip_client_credentials),
+            query: query::add_missing(
+                client.uri.query().and_then(query::strip_client_credentials),
+                &route.config.set_query,
+            ),
             headers,
         }
     }

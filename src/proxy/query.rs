@@ -47,6 +47,22 @@ pub fn strip_client_credentials(query: &str) -> Option<String> {
     Some(kept.join("&"))
 }
 
+/// Adds each `(name, value)` whose name the query does not have yet (names compared
+/// without regard to case, as ARM does for `api-version`).
+pub fn add_missing(query: Option<String>, defaults: &[(String, String)]) -> Option<String> {
+    let mut query = query;
+    for (name, value) in defaults {
+        let present = query
+            .as_deref()
+            .is_some_and(|q| q.split('&').any(|pair| name_of(pair).eq_ignore_ascii_case(name)));
+        if !present {
+            let encoded_name: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
+            query = Some(append(query.as_deref(), &encoded_name, value));
+        }
+    }
+    query
+}
+
 /// Appends `name=value`, percent-encoding the value.
 pub fn append(query: Option<&str>, name: &str, value: &str) -> String {
     let encoded: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();

@@ -12,7 +12,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::body::{self, BoxError, ProxyBody};
+use super::body::{self, BoxError, Prefixed, ProxyBody};
 use super::error::ProxyError;
 use super::inbound::body::client_body_error;
 
@@ -55,10 +55,9 @@ impl ReplayBody {
                     chunks.push_back(data);
                     if total > limit {
                         // Too big after all: send what was read, then the rest, once.
-                        return Ok(ReplayBody::Streaming(Some(body::boxed(Prefixed {
-                            prefix: chunks,
-                            rest: incoming,
-                        }))));
+                        return Ok(ReplayBody::Streaming(Some(body::boxed(Prefixed::new(
+                            chunks, incoming,
+                        )))));
                     }
                 }
                 Err(frame) => {
@@ -121,41 +120,5 @@ impl Body for Replay {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
-    }
-}
-
-/// Chunks already read, then the rest of the body.
-struct Prefixed {
-    prefix: VecDeque<Bytes>,
-    rest: ProxyBody,
-}
-
-impl Body for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(chunk) = self.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let buffered: u64 = self.prefix.iter().map(|c| c.len() as u64).sum();
-        let rest = self.rest.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower() + buffered);
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + buffered);
-        }
-        hint
     }
 }

@@ -166,6 +166,10 @@ mod tests {
             max_body: 1 << 30,
             allow_encoded_slash: false,
             api_keys: None,
+            preset: None,
+            set_query: Vec::new(),
+            rewrite_body_links: false,
+            rewrite_body_limit: 8 << 20,
         };
         Route::new(config, None, UpstreamClient::new(None))
     }
