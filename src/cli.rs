@@ -338,7 +338,78 @@ pub fn describe(config: &Config) -> String {
         &["PREFIX", "UPSTREAM", "CREDENTIAL", "METHODS"],
         &rows,
     ));
+    let expanded: Vec<String> = config
+        .routes
+        .iter()
+        .filter_map(|route| {
+            route
+                .preset
+                .map(|preset| expand_preset(config, route, preset))
+        })
+        .collect();
+    if !expanded.is_empty() {
+        out.push_str("\npresets:\n");
+        for line in expanded {
+            out.push_str(&line);
+        }
+    }
     out
+}
+
+/// What a preset filled in for a route (explicit keys included, as they win).
+fn expand_preset(
+    config: &Config,
+    route: &crate::config::RouteConfig,
+    preset: crate::config::presets::Preset,
+) -> String {
+    let mut parts = vec![format!(
+        "upstream {}",
+        route.upstream.to_string().trim_end_matches('/')
+    )];
+    if !route.set_headers.is_empty() {
+        let headers: Vec<String> = route
+            .set_headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
+            .collect();
+        parts.push(format!("headers {}", headers.join(", ")));
+    }
+    if !route.set_query.is_empty() {
+        let query: Vec<String> = route
+            .set_query
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        parts.push(format!(
+            "query {} (when the client sends none)",
+            query.join("&")
+        ));
+    }
+    if let Some(name) = &route.credential
+        && let Some(audience) = config.credentials.get(name).and_then(|c| c.audience())
+    {
+        let audience = match audience {
+            crate::config::Audience::Scope(s) => format!("scope {s}"),
+            crate::config::Audience::Resource(r) => format!("resource {r}"),
+        };
+        parts.push(format!("credential {name} with {audience}"));
+    }
+    parts.push(format!(
+        "timeout {}",
+        humantime::format_duration(route.timeout)
+    ));
+    parts.push(format!("max_body {} bytes", route.max_body));
+    parts.push(format!(
+        "retry {} attempts, max_delay {}",
+        route.retry.max_attempts,
+        humantime::format_duration(route.retry.max_delay)
+    ));
+    format!(
+        "  {} = {}: {}\n",
+        route.prefix,
+        preset.name(),
+        parts.join("; ")
+    )
 }
 
 fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {

@@ -100,6 +100,7 @@ pub struct Telemetry {
     inflight: Gauge,
     retries: Family<RetryLabels, Counter>,
     reloads: Family<OutcomeLabel, Counter>,
+    failovers: Family<CredentialLabel, Counter>,
     connections: Gauge,
     gateway: Arc<OnceLock<Arc<ArcSwap<Gateway>>>>,
     history: Mutex<VecDeque<RequestRecord>>,
@@ -128,6 +129,7 @@ impl Telemetry {
         let retries = Family::<RetryLabels, Counter>::default();
         let reloads = Family::<OutcomeLabel, Counter>::default();
         let connections = Gauge::default();
+        let failovers = Family::<CredentialLabel, Counter>::default();
         let gateway = Arc::new(OnceLock::new());
 
         let mut registry = Registry::with_prefix("azgate");
@@ -166,6 +168,11 @@ impl Telemetry {
             "Client connections open",
             connections.clone(),
         );
+        registry.register(
+            "key_failovers",
+            "Switches from a refused primary subscription key to the secondary",
+            failovers.clone(),
+        );
         registry.register_collector(Box::new(TokenCollector(gateway.clone())));
         Arc::new(Self {
             registry,
@@ -175,6 +182,7 @@ impl Telemetry {
             inflight,
             retries,
             reloads,
+            failovers,
             connections,
             gateway,
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
@@ -249,6 +257,14 @@ impl Telemetry {
             .get_or_create(&RetryLabels {
                 route: route.to_string(),
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn record_failover(&self, credential: &str) {
+        self.failovers
+            .get_or_create(&CredentialLabel {
+                credential: credential.to_string(),
             })
             .inc();
     }

@@ -207,15 +207,18 @@ fn validate_one(
                 v.problems,
             );
             let key = secret_header_value(raw.key, &join(path, "key"), v.problems);
-            if raw.secondary_key.is_some() {
-                v.problems.push(
-                    join(path, "secondary_key"),
-                    "key failover is not available in this build yet; remove secondary_key",
-                );
-            }
+            let secondary_key = match raw.secondary_key {
+                Some(text) => Some(secret_header_value(
+                    Some(text),
+                    &join(path, "secondary_key"),
+                    v.problems,
+                )?),
+                None => None,
+            };
             CredentialConfig::SubscriptionKey {
                 header: header?,
                 key: key?,
+                secondary_key,
             }
         }
         "client_secret" => {

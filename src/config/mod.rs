@@ -150,6 +150,9 @@ pub enum CredentialConfig {
     SubscriptionKey {
         header: HeaderName,
         key: HeaderValue,
+        /// Used after the primary key is refused (401/403), until the next reload:
+        /// rotating keys without downtime.
+        secondary_key: Option<HeaderValue>,
     },
     ClientSecret(ClientSecretConfig),
     ClientCertificate(ClientCertificateConfig),
@@ -173,6 +176,19 @@ impl CredentialConfig {
             CredentialConfig::AzureCli(_) => "azure_cli",
             CredentialConfig::Default(_) => "default",
             CredentialConfig::VideoIndexer(_) => "video_indexer",
+        }
+    }
+
+    /// The token audience, for Entra ID token credentials.
+    pub fn audience(&self) -> Option<&Audience> {
+        match self {
+            CredentialConfig::ClientSecret(c) => Some(&c.audience),
+            CredentialConfig::ClientCertificate(c) => Some(&c.audience),
+            CredentialConfig::ManagedIdentity(c) => Some(&c.audience),
+            CredentialConfig::WorkloadIdentity(c) => Some(&c.audience),
+            CredentialConfig::AzureCli(c) => Some(&c.audience),
+            CredentialConfig::Default(c) => Some(&c.audience),
+            _ => None,
         }
     }
 

@@ -42,9 +42,15 @@ impl Preset {
     /// The token audience a credential used by this preset gets when it names none.
     pub fn audience(self) -> Option<Audience> {
         match self {
-            Preset::Arm => Some(Audience::Scope("https://management.azure.com/.default".into())),
-            Preset::MediaServicesV2 => Some(Audience::Resource("https://rest.media.azure.net".into())),
-            Preset::DevCenter => Some(Audience::Scope("https://devcenter.azure.com/.default".into())),
+            Preset::Arm => Some(Audience::Scope(
+                "https://management.azure.com/.default".into(),
+            )),
+            Preset::MediaServicesV2 => {
+                Some(Audience::Resource("https://rest.media.azure.net".into()))
+            }
+            Preset::DevCenter => Some(Audience::Scope(
+                "https://devcenter.azure.com/.default".into(),
+            )),
             Preset::VideoIndexer => None,
         }
     }
@@ -59,12 +65,28 @@ impl Preset {
                 );
             }
         };
-        only("account", &[Preset::MediaServicesV2], raw.account.is_some(), problems);
-        only("region", &[Preset::MediaServicesV2], raw.region.is_some(), problems);
-        only("endpoint", &[Preset::DevCenter], raw.endpoint.is_some(), problems);
+        only(
+            "account",
+            &[Preset::MediaServicesV2],
+            raw.account.is_some(),
+            problems,
+        );
+        only(
+            "region",
+            &[Preset::MediaServicesV2],
+            raw.region.is_some(),
+            problems,
+        );
+        only(
+            "endpoint",
+            &[Preset::DevCenter],
+            raw.endpoint.is_some(),
+            problems,
+        );
         match self {
             Preset::VideoIndexer => {
-                raw.upstream.get_or_insert_with(|| "https://api.videoindexer.ai".into());
+                raw.upstream
+                    .get_or_insert_with(|| "https://api.videoindexer.ai".into());
                 // Uploads are limited per minute: Video Indexer's 429s ask for waits of
                 // tens of seconds, which the default 30 s cap would hand back to the client.
                 let retry = raw.retry.get_or_insert_with(RawRetry::default);
@@ -74,7 +96,8 @@ impl Preset {
                 raw.timeout.get_or_insert_with(|| "300s".into());
             }
             Preset::Arm => {
-                raw.upstream.get_or_insert_with(|| "https://management.azure.com".into());
+                raw.upstream
+                    .get_or_insert_with(|| "https://management.azure.com".into());
             }
             Preset::MediaServicesV2 => {
                 match (&raw.account, &raw.region) {
@@ -111,7 +134,9 @@ impl Preset {
                     ),
                 }
                 let query = raw.set_query.get_or_insert_with(BTreeMap::new);
-                query.entry("api-version".into()).or_insert_with(|| "2024-02-01".into());
+                query
+                    .entry("api-version".into())
+                    .or_insert_with(|| "2024-02-01".into());
             }
         }
     }
@@ -120,11 +145,17 @@ impl Preset {
 /// Audiences that presets give to the credentials their routes use, read from the raw
 /// route tables before credentials are validated. A credential used by presets that want
 /// different audiences is a problem.
-pub fn credential_audiences(routes: &[toml::Value], problems: &mut Problems) -> HashMap<String, Audience> {
+pub fn credential_audiences(
+    routes: &[toml::Value],
+    problems: &mut Problems,
+) -> HashMap<String, Audience> {
     let mut out: HashMap<String, Audience> = HashMap::new();
     for (i, route) in routes.iter().enumerate() {
         let (Some(preset), Some(credential)) = (
-            route.get("preset").and_then(|v| v.as_str()).and_then(Preset::parse),
+            route
+                .get("preset")
+                .and_then(|v| v.as_str())
+                .and_then(Preset::parse),
             route.get("credential").and_then(|v| v.as_str()),
         ) else {
             continue;

@@ -11,8 +11,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use super::error::{Problems, join};
-use super::raw::{self, RawRoute};
 use super::presets::{self, Preset};
+use super::raw::{self, RawRoute};
 use super::{CaRoots, RetryConfig, RouteConfig, units};
 use crate::secret::Secret;
 
@@ -94,7 +94,10 @@ fn validate_one(
             None => {
                 problems.push(
                     join(path, "preset"),
-                    format!("unknown preset \"{name}\"; expected one of: {}", presets::NAMES),
+                    format!(
+                        "unknown preset \"{name}\"; expected one of: {}",
+                        presets::NAMES
+                    ),
                 );
                 None
             }

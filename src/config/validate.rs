@@ -8,7 +8,8 @@ use std::path::Path;
 use super::error::Problems;
 use super::raw::{self, RawAdmin, RawLog, RawServer};
 use super::{
-    AdminConfig, Config, presets, LogConfig, LogFormat, RetryConfig, credentials, retry, routes, server,
+    AdminConfig, Config, LogConfig, LogFormat, RetryConfig, credentials, presets, retry, routes,
+    server,
 };
 
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";

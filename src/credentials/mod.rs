@@ -66,6 +66,19 @@ pub struct CredentialError {
 pub struct Authorization {
     pub injection: Injection,
     token: Option<Arc<Token>>,
+    /// For fixed credentials: which value (primary or secondary) was sent.
+    slot: Option<fixed::Slot>,
+}
+
+/// What an upstream's refusal (401, or 403 for keys) leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Nothing better to send: the refusal goes back to the client.
+    Final,
+    /// Replay once with a fresh token or the other key.
+    Replay,
+    /// Replay once with the secondary key, which this refusal switched to.
+    FailedOver,
 }
 
 /// One named credential.
@@ -109,10 +122,14 @@ impl Credential {
     /// What to inject into the next upstream request.
     pub async fn authorize(&self) -> Result<Authorization, CredentialError> {
         match &self.source {
-            Source::Fixed(fixed) => Ok(Authorization {
-                injection: fixed.injection(),
-                token: None,
-            }),
+            Source::Fixed(fixed) => {
+                let (injection, slot) = fixed.injection();
+                Ok(Authorization {
+                    injection,
+                    token: None,
+                    slot: Some(slot),
+                })
+            }
             Source::Bearer(cache) => {
                 let token = cache.token().await.map_err(|e| self.error(e.message))?;
                 Ok(Authorization {
@@ -121,6 +138,7 @@ impl Credential {
                         value: token.bearer.clone(),
                     },
                     token: Some(token),
+                    slot: None,
                 })
             }
             Source::VideoIndexer { cache, inject } => {
@@ -138,17 +156,44 @@ impl Credential {
                 Ok(Authorization {
                     injection,
                     token: Some(token),
+                    slot: None,
                 })
             }
         }
     }
 
-    /// The upstream answered 401 to a request carrying `used`: drop that token and fetch
-    /// another. Returns whether replaying the request with a new token makes sense.
-    pub fn reject(&self, used: &Authorization) -> bool {
-        match (self.cache(), &used.token) {
-            (Some(cache), Some(token)) => cache.reject(token),
-            _ => false,
+    /// The upstream refused a request carrying `used` with `status`. A token refused
+    /// with 401 is dropped and a new one fetched; a primary key refused with 401 or 403
+    /// gives way to the secondary key until the next reload.
+    pub fn refuse(&self, used: &Authorization, status: http::StatusCode) -> Refusal {
+        match (&self.source, &used.token, used.slot) {
+            (Source::Bearer(cache) | Source::VideoIndexer { cache, .. }, Some(token), _)
+                if status == http::StatusCode::UNAUTHORIZED =>
+            {
+                if cache.reject(token) {
+                    Refusal::Replay
+                } else {
+                    Refusal::Final
+                }
+            }
+            (Source::Fixed(fixed), _, Some(slot))
+                if status == http::StatusCode::UNAUTHORIZED
+                    || status == http::StatusCode::FORBIDDEN =>
+            {
+                match fixed.refuse(slot) {
+                    (true, true) => {
+                        tracing::warn!(
+                            credential = %self.name,
+                            %status,
+                            "the upstream refused the primary key: using the secondary key until the next reload"
+                        );
+                        Refusal::FailedOver
+                    }
+                    (true, false) => Refusal::Replay,
+                    _ => Refusal::Final,
+                }
+            }
+            _ => Refusal::Final,
         }
     }
 
@@ -191,7 +236,15 @@ impl CredentialSet {
         env: &Env,
         previous: Option<(&BTreeMap<String, CredentialConfig>, &CredentialSet)>,
     ) -> Self {
+        // Token credentials are kept with their caches; fixed ones are cheap to rebuild,
+        // and rebuilding puts a failed-over key back on the primary.
         let kept = |name: &str, config: &CredentialConfig| {
+            if matches!(
+                config,
+                CredentialConfig::Static { .. } | CredentialConfig::SubscriptionKey { .. }
+            ) {
+                return None;
+            }
             let (old_configs, old_set) = previous?;
             (old_configs.get(name) == Some(config))
                 .then(|| old_set.get(name).cloned())
@@ -269,10 +322,17 @@ fn simple_source(config: &CredentialConfig) -> Option<Source> {
         CredentialConfig::Static { header, value } => Some(Source::Fixed(fixed::FixedHeader::new(
             header.clone(),
             value.clone(),
+            None,
         ))),
-        CredentialConfig::SubscriptionKey { header, key } => Some(Source::Fixed(
-            fixed::FixedHeader::new(header.clone(), key.clone()),
-        )),
+        CredentialConfig::SubscriptionKey {
+            header,
+            key,
+            secondary_key,
+        } => Some(Source::Fixed(fixed::FixedHeader::new(
+            header.clone(),
+            key.clone(),
+            secondary_key.clone(),
+        ))),
         _ => None,
     }
 }

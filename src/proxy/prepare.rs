@@ -38,7 +38,10 @@ impl UpstreamRequest {
         headers::add_missing(&mut headers, &route.config.set_headers);
         if route.config.rewrite_body_links {
             // Links in compressed bodies could not be rewritten.
-            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
         }
         headers.insert(headers::CLIENT_REQUEST_ID, request_id.clone());
         let upstream = &route.config.upstream;

@@ -52,9 +52,10 @@ pub fn strip_client_credentials(query: &str) -> Option<String> {
 pub fn add_missing(query: Option<String>, defaults: &[(String, String)]) -> Option<String> {
     let mut query = query;
     for (name, value) in defaults {
-        let present = query
-            .as_deref()
-            .is_some_and(|q| q.split('&').any(|pair| name_of(pair).eq_ignore_ascii_case(name)));
+        let present = query.as_deref().is_some_and(|q| {
+            q.split('&')
+                .any(|pair| name_of(pair).eq_ignore_ascii_case(name))
+        });
         if !present {
             let encoded_name: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
             query = Some(append(query.as_deref(), &encoded_name, value));

@@ -173,20 +173,52 @@ mod tests {
     #[test]
     fn urls() {
         let arm = rewriter("/arm", "https://management.azure.com", true);
-        let ms = rewriter("/ms", "https://acct.restv2.westeurope.media.azure.net/api", true);
+        let ms = rewriter(
+            "/ms",
+            "https://acct.restv2.westeurope.media.azure.net/api",
+            true,
+        );
         let kept = rewriter("/keep", "https://host.example", false);
         let cases: &[(&LinkRewriter, &str, Option<&str>)] = &[
-            (&arm, "https://management.azure.com/subscriptions/1/operations/2?api-version=2023", Some("https://gw.contoso.com/arm/subscriptions/1/operations/2?api-version=2023")),
-            (&arm, "https://MANAGEMENT.azure.com:443/x", Some("https://gw.contoso.com/arm/x")),
-            (&arm, "https://management.azure.com", Some("https://gw.contoso.com/arm/")),
+            (
+                &arm,
+                "https://management.azure.com/subscriptions/1/operations/2?api-version=2023",
+                Some("https://gw.contoso.com/arm/subscriptions/1/operations/2?api-version=2023"),
+            ),
+            (
+                &arm,
+                "https://MANAGEMENT.azure.com:443/x",
+                Some("https://gw.contoso.com/arm/x"),
+            ),
+            (
+                &arm,
+                "https://management.azure.com",
+                Some("https://gw.contoso.com/arm/"),
+            ),
             (&arm, "http://management.azure.com/x", None),
             (&arm, "https://management.azure.com:8443/x", None),
             (&arm, "https://login.microsoftonline.com/x", None),
             (&arm, "/relative/path", None),
-            (&ms, "https://acct.restv2.westeurope.media.azure.net/api/Assets('nb:cid')", Some("https://gw.contoso.com/ms/Assets('nb:cid')")),
-            (&ms, "https://acct.restv2.westeurope.media.azure.net/apis/x", None),
-            (&ms, "https://acct.restv2.westeurope.media.azure.net/other", None),
-            (&kept, "https://host.example/keep/x", Some("https://gw.contoso.com/keep/x")),
+            (
+                &ms,
+                "https://acct.restv2.westeurope.media.azure.net/api/Assets('nb:cid')",
+                Some("https://gw.contoso.com/ms/Assets('nb:cid')"),
+            ),
+            (
+                &ms,
+                "https://acct.restv2.westeurope.media.azure.net/apis/x",
+                None,
+            ),
+            (
+                &ms,
+                "https://acct.restv2.westeurope.media.azure.net/other",
+                None,
+            ),
+            (
+                &kept,
+                "https://host.example/keep/x",
+                Some("https://gw.contoso.com/keep/x"),
+            ),
         ];
         for (rewriter, url, want) in cases {
             assert_eq!(rewriter.rewrite_url(url).as_deref(), *want, "{url}");
@@ -195,14 +227,27 @@ mod tests {
 
     #[test]
     fn json_bodies_keep_everything_else_byte_for_byte() {
-        let ms = rewriter("/ms", "https://acct.restv2.westeurope.media.azure.net/api", true);
+        let ms = rewriter(
+            "/ms",
+            "https://acct.restv2.westeurope.media.azure.net/api",
+            true,
+        );
         let body = br#"{"odata.nextLink":"https://acct.restv2.westeurope.media.azure.net/api/Assets?$skiptoken=1",
   "value":[{"__metadata":{"uri":"https:\/\/acct.restv2.westeurope.media.azure.net\/api\/Assets('a')"},"Name":"https://acct.restv2.westeurope.media.azure.net/api is here"}],
   "other":"https://elsewhere.example/api/x","apis":"https://acct.restv2.westeurope.media.azure.net/apis"}"#;
         let out = String::from_utf8(ms.json_body(body).unwrap()).unwrap();
-        assert!(out.contains(r#""odata.nextLink":"https://gw.contoso.com/ms/Assets?$skiptoken=1""#), "{out}");
-        assert!(out.contains(r#""uri":"https:\/\/gw.contoso.com\/ms\/Assets('a')""#), "{out}");
-        assert!(out.contains(r#""Name":"https://acct.restv2.westeurope.media.azure.net/api is here""#), "only string values that start with the URL");
+        assert!(
+            out.contains(r#""odata.nextLink":"https://gw.contoso.com/ms/Assets?$skiptoken=1""#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""uri":"https:\/\/gw.contoso.com\/ms\/Assets('a')""#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""Name":"https://acct.restv2.westeurope.media.azure.net/api is here""#),
+            "only string values that start with the URL"
+        );
         assert!(out.contains(r#""other":"https://elsewhere.example/api/x""#));
         assert!(out.contains(r#""apis":"https://acct.restv2.westeurope.media.azure.net/apis""#));
         assert!(out.contains("\n  \"value\""), "formatting is kept");
@@ -228,7 +273,12 @@ pub async fn json_response(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| {
-            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             mime == "application/json" || mime.ends_with("+json")
         });
     let encoded = parts
@@ -246,7 +296,9 @@ pub async fn json_response(
             Err(err) => {
                 // Hand the failure on to the client as a broken body, as streaming would.
                 let rest = super::body::boxed(http_body_util::StreamBody::new(
-                    futures_util::stream::once(async move { Err::<http_body::Frame<bytes::Bytes>, _>(err) }),
+                    futures_util::stream::once(async move {
+                        Err::<http_body::Frame<bytes::Bytes>, _>(err)
+                    }),
                 ));
                 let body = super::body::Prefixed::new(chunks, rest);
                 return http::Response::from_parts(parts, super::body::boxed(body));
@@ -270,6 +322,8 @@ pub async fn json_response(
         whole.extend_from_slice(chunk);
     }
     let out = rewriter.json_body(&whole).unwrap_or(whole);
-    parts.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(out.len()));
     http::Response::from_parts(parts, super::body::full(out))
 }

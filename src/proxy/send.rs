@@ -14,7 +14,7 @@ use super::prepare::UpstreamRequest;
 use super::replay::ReplayBody;
 use super::retry::{self, Decision, Outcome};
 use super::route::Route;
-use crate::credentials::Authorization;
+use crate::credentials::{Authorization, Refusal};
 use crate::telemetry::Telemetry;
 
 /// The final upstream outcome and how it was reached.
@@ -48,7 +48,7 @@ pub async fn send_with_retry(
     let policy = &route.config.retry;
     route.retry_budget.record_request();
     let mut attempts = 0u32;
-    let mut token_replayed = false;
+    let mut credential_replayed = false;
     loop {
         attempts += 1;
         let Some(attempt_body) = body.attempt() else {
@@ -78,17 +78,22 @@ pub async fn send_with_retry(
             Err(_) => Outcome::ConnectionFailed,
         };
 
-        if let Outcome::Response(StatusCode::UNAUTHORIZED, _) = outcome
-            && !token_replayed
+        if let Outcome::Response(status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN), _) =
+            outcome
+            && !credential_replayed
             && body.replayable()
-            && rejected(route, authorization.as_ref())
+            && let Some(refusal) = refused(route, authorization.as_ref(), status)
         {
+            if refusal == Refusal::FailedOver {
+                telemetry.record_failover(route.credential.as_ref().map_or("", |c| c.name()));
+            }
             tracing::info!(
                 route = %route.prefix(),
                 request_id,
-                "upstream answered 401: replaying once with a new token"
+                %status,
+                "upstream refused the credential: replaying once with a new one"
             );
-            token_replayed = true;
+            credential_replayed = true;
             authorization = match authorize(route).await {
                 Ok(authorization) => authorization,
                 Err(err) => return finish(Err(err), attempts, started, authorization),
@@ -154,10 +159,16 @@ fn describe(result: &Result<Response<Incoming>, ProxyError>) -> String {
     }
 }
 
-/// Tells the credential its token was refused; true when a new one is on its way.
-fn rejected(route: &Route, authorization: Option<&Authorization>) -> bool {
-    match (&route.credential, authorization) {
-        (Some(credential), Some(authorization)) => credential.reject(authorization),
-        _ => false,
+/// Tells the credential the upstream refused it; `Some` when a replay with a new token or
+/// the secondary key makes sense.
+fn refused(
+    route: &Route,
+    authorization: Option<&Authorization>,
+    status: StatusCode,
+) -> Option<Refusal> {
+    let (credential, authorization) = (route.credential.as_ref()?, authorization?);
+    match credential.refuse(authorization, status) {
+        Refusal::Final => None,
+        replay => Some(replay),
     }
 }
