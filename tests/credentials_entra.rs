@@ -543,7 +543,10 @@ async fn two_assertions(mock: &MockEntra, cert: &ClientCert, send_chain: bool) -
     let set = credentials(&certificate_config(mock, send_chain), cert.dir.path(), &[]);
     let app = only(&set, "app");
     let first = app.authorize().await.unwrap();
-    assert!(app.reject(&first));
+    assert_eq!(
+        app.refuse(&first, http::StatusCode::UNAUTHORIZED),
+        azgate::credentials::Refusal::Replay
+    );
     app.authorize().await.unwrap();
     assert_eq!(app.reveal().await.unwrap(), "token-2");
 
@@ -649,7 +652,10 @@ async fn workload_identity_exchanges_the_file_and_rereads_it() {
 
     // Kubernetes rotates the projected token; the next exchange must send the new one.
     std::fs::write(&token_file, "federated-2").unwrap();
-    assert!(wi.reject(&first));
+    assert_eq!(
+        wi.refuse(&first, http::StatusCode::UNAUTHORIZED),
+        azgate::credentials::Refusal::Replay
+    );
     assert_eq!(wi.reveal().await.unwrap(), "token-2");
     assert_eq!(mock.calls()[1].form["client_assertion"], "federated-2");
 

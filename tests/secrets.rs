@@ -224,6 +224,6 @@ async fn a_full_scenario_leaks_no_secret() {
         logs.contains("token fetched") && logs.contains("AADSTS7000215"),
         "the logs are real"
     );
-    assert!(logs.contains("replaying once with a new token"));
+    assert!(logs.contains("replaying once with a new one"));
     assert_clean("the logs", &logs);
 }

@@ -140,6 +140,78 @@ fn replace_at_boundaries(haystack: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<
     Some(buf)
 }
 
+/// Reads a JSON response body up to `limit` bytes and rewrites its links; a larger body,
+/// a compressed one or a non-JSON one streams on unchanged. `Content-Length` is set to the
+/// rewritten length.
+pub async fn json_response(
+    response: http::Response<super::body::ProxyBody>,
+    rewriter: &LinkRewriter,
+    limit: u64,
+) -> http::Response<super::body::ProxyBody> {
+    use http_body::Body;
+    use http_body_util::BodyExt;
+
+    let (mut parts, mut body) = response.into_parts();
+    let is_json = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            mime == "application/json" || mime.ends_with("+json")
+        });
+    let encoded = parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if !is_json || encoded || body.size_hint().lower() > limit {
+        return http::Response::from_parts(parts, body);
+    }
+    let mut chunks = std::collections::VecDeque::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(err) => {
+                // Hand the failure on to the client as a broken body, as streaming would.
+                let rest = super::body::boxed(http_body_util::StreamBody::new(
+                    futures_util::stream::once(async move {
+                        Err::<http_body::Frame<bytes::Bytes>, _>(err)
+                    }),
+                ));
+                let body = super::body::Prefixed::new(chunks, rest);
+                return http::Response::from_parts(parts, super::body::boxed(body));
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                total += data.len() as u64;
+                chunks.push_back(data);
+                if total > limit {
+                    let body = super::body::Prefixed::new(chunks, body);
+                    return http::Response::from_parts(parts, super::body::boxed(body));
+                }
+            }
+            // JSON responses carry no trailers worth keeping once rewritten.
+            Err(_trailers) => {}
+        }
+    }
+    let mut whole = Vec::with_capacity(total as usize);
+    for chunk in &chunks {
+        whole.extend_from_slice(chunk);
+    }
+    let out = rewriter.json_body(&whole).unwrap_or(whole);
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    http::Response::from_parts(parts, super::body::full(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,76 +326,4 @@ mod tests {
         assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok());
         assert!(ms.json_body(br#"{"a":"b"}"#).is_none());
     }
-}
-
-/// Reads a JSON response body up to `limit` bytes and rewrites its links; a larger body,
-/// a compressed one or a non-JSON one streams on unchanged. `Content-Length` is set to the
-/// rewritten length.
-pub async fn json_response(
-    response: http::Response<super::body::ProxyBody>,
-    rewriter: &LinkRewriter,
-    limit: u64,
-) -> http::Response<super::body::ProxyBody> {
-    use http_body::Body;
-    use http_body_util::BodyExt;
-
-    let (mut parts, mut body) = response.into_parts();
-    let is_json = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let mime = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            mime == "application/json" || mime.ends_with("+json")
-        });
-    let encoded = parts
-        .headers
-        .get(http::header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if !is_json || encoded || body.size_hint().lower() > limit {
-        return http::Response::from_parts(parts, body);
-    }
-    let mut chunks = std::collections::VecDeque::new();
-    let mut total = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(err) => {
-                // Hand the failure on to the client as a broken body, as streaming would.
-                let rest = super::body::boxed(http_body_util::StreamBody::new(
-                    futures_util::stream::once(async move {
-                        Err::<http_body::Frame<bytes::Bytes>, _>(err)
-                    }),
-                ));
-                let body = super::body::Prefixed::new(chunks, rest);
-                return http::Response::from_parts(parts, super::body::boxed(body));
-            }
-        };
-        match frame.into_data() {
-            Ok(data) => {
-                total += data.len() as u64;
-                chunks.push_back(data);
-                if total > limit {
-                    let body = super::body::Prefixed::new(chunks, body);
-                    return http::Response::from_parts(parts, super::body::boxed(body));
-                }
-            }
-            // JSON responses carry no trailers worth keeping once rewritten.
-            Err(_trailers) => {}
-        }
-    }
-    let mut whole = Vec::with_capacity(total as usize);
-    for chunk in &chunks {
-        whole.extend_from_slice(chunk);
-    }
-    let out = rewriter.json_body(&whole).unwrap_or(whole);
-    parts
-        .headers
-        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-    http::Response::from_parts(parts, super::body::full(out))
 }
