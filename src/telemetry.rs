@@ -28,22 +28,23 @@ const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+// Label values are shared (`Arc<str>`) or static, so counting a request allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    method: String,
+    route: Arc<str>,
+    method: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
-    route: String,
+    route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RetryLabels {
-    route: String,
-    reason: String,
+    route: Arc<str>,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,8 +68,9 @@ struct CredentialLabel {
 pub struct RequestRecord {
     /// Unix time in milliseconds.
     pub at_ms: u64,
-    pub method: String,
-    pub route: Option<String>,
+    /// The method, or `other` for a non-standard one.
+    pub method: &'static str,
+    pub route: Option<Arc<str>>,
     pub path: String,
     pub status: u16,
     pub attempts: u32,
@@ -104,7 +106,9 @@ pub struct Telemetry {
     connections: Gauge,
     gateway: Arc<OnceLock<Arc<ArcSwap<Gateway>>>>,
     history: Mutex<VecDeque<RequestRecord>>,
-    routes: Mutex<HashMap<String, RouteSamples>>,
+    routes: Mutex<HashMap<Arc<str>, RouteSamples>>,
+    /// The `route` label of requests that matched no route.
+    no_route: Arc<str>,
     started: SystemTime,
 }
 
@@ -187,6 +191,7 @@ impl Telemetry {
             gateway,
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             routes: Mutex::new(HashMap::new()),
+            no_route: Arc::from("none"),
             started: SystemTime::now(),
         })
     }
@@ -214,17 +219,18 @@ impl Telemetry {
 
     /// Records a finished request (from the access log).
     pub fn record_request(&self, record: RequestRecord, upstream: Option<Duration>) {
-        let route = record.route.clone().unwrap_or_else(|| "none".to_string());
+        let route = record
+            .route
+            .clone()
+            .unwrap_or_else(|| self.no_route.clone());
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.clone(),
-                method: method_label(&record.method).to_string(),
+                method: record.method,
                 status: record.status,
             })
             .inc();
-        let label = RouteLabel {
-            route: route.clone(),
-        };
+        let label = RouteLabel { route };
         self.request_duration
             .get_or_create(&label)
             .observe(record.duration_ms / 1000.0);
@@ -235,7 +241,10 @@ impl Telemetry {
         }
         {
             let mut routes = lock(&self.routes);
-            let samples = routes.entry(route).or_default();
+            let samples = match routes.get_mut(&label.route) {
+                Some(samples) => samples,
+                None => routes.entry(label.route.clone()).or_default(),
+            };
             samples.requests += 1;
             if record.status >= 400 {
                 samples.errors += 1;
@@ -252,11 +261,11 @@ impl Telemetry {
         history.push_back(record);
     }
 
-    pub fn record_retry(&self, route: &str, reason: &str) {
+    pub fn record_retry(&self, route: &Arc<str>, reason: &'static str) {
         self.retries
             .get_or_create(&RetryLabels {
-                route: route.to_string(),
-                reason: reason.to_string(),
+                route: route.clone(),
+                reason,
             })
             .inc();
     }
@@ -288,6 +297,7 @@ impl Telemetry {
         lock(&self.routes)
             .iter()
             .map(|(route, s)| {
+                let route = route.to_string();
                 let mut sorted: Vec<f64> = s.durations_ms.iter().copied().collect();
                 sorted.sort_by(f64::total_cmp);
                 let summary = RouteSummary {
@@ -296,7 +306,7 @@ impl Telemetry {
                     p50_ms: percentile(&sorted, 0.50),
                     p99_ms: percentile(&sorted, 0.99),
                 };
-                (route.clone(), summary)
+                (route, summary)
             })
             .collect()
     }
@@ -316,11 +326,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Bounded label values: the standard methods by name, anything else as `other`.
-fn method_label(method: &str) -> &str {
-    match method {
-        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" | "CONNECT" | "TRACE" => {
-            method
-        }
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
         _ => "other",
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::Method;
 use tokio::time::Instant;
 
-use crate::telemetry::{InflightGuard, RequestRecord, Telemetry};
+use crate::telemetry::{InflightGuard, RequestRecord, Telemetry, method_label};
 
 /// What is known about a request as it goes through the path; emitted once.
 #[derive(Debug)]
@@ -20,7 +20,7 @@ pub struct AccessLog {
     /// Path and query with credential-like query values redacted.
     pub path: String,
     /// The matched route's prefix (bounded cardinality), if any.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     pub status: u16,
     /// The `x-ms-client-request-id` sent upstream and returned to the client.
     pub request_id: String,
@@ -68,20 +68,27 @@ impl AccessLog {
     pub fn emit(mut self, bytes_out: u64, complete: bool) {
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         if let Some((telemetry, _inflight)) = self.telemetry.take() {
+            self.log_event(duration_ms, bytes_out, complete);
+            // The record takes the strings: the log line above was the last to need them.
             let record = RequestRecord {
                 at_ms: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
-                method: self.method.to_string(),
-                route: self.route.clone(),
-                path: self.path.clone(),
+                method: method_label(&self.method),
+                route: self.route.take(),
+                path: std::mem::take(&mut self.path),
                 status: self.status,
                 attempts: self.attempts,
                 duration_ms,
-                request_id: self.request_id.clone(),
+                request_id: std::mem::take(&mut self.request_id),
             };
             telemetry.record_request(record, self.upstream_duration);
+            return;
         }
+        self.log_event(duration_ms, bytes_out, complete);
+    }
+
+    fn log_event(&self, duration_ms: f64, bytes_out: u64, complete: bool) {
         let upstream_ms = self.upstream_duration.map(|d| d.as_secs_f64() * 1000.0);
         tracing::info!(
             target: "azgate::access",

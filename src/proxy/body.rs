@@ -57,33 +57,53 @@ pub struct ResponseBody {
     log: Option<AccessLog>,
 }
 
-struct IdleTimer {
+/// Bounds a pause in a body. The clock runs only while azgate waits for the other side,
+/// not while azgate itself is not reading (backpressure), and the timer is created on the
+/// first wait: most small bodies arrive whole and never need one.
+pub(crate) struct IdleTimer {
     limit: Duration,
-    sleep: Pin<Box<Sleep>>,
-    /// The clock runs only while waiting on the upstream, not while the client is slow to
-    /// take what was already sent.
+    sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
 }
 
 impl IdleTimer {
-    /// Starts the clock on the first wait after data, then reports whether it ran out.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.waiting {
-            self.waiting = true;
-            self.sleep.as_mut().reset(Instant::now() + self.limit);
+    pub(crate) fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            sleep: None,
+            waiting: false,
         }
-        self.sleep.as_mut().poll(cx).is_ready()
+    }
+
+    /// Data arrived: the next wait starts a new pause.
+    pub(crate) fn data(&mut self) {
+        self.waiting = false;
+    }
+
+    /// Called when the body is pending: starts the clock on the first wait after data,
+    /// then reports whether the pause ran out.
+    pub(crate) fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.limit;
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if !self.waiting {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.waiting = true;
+        sleep.as_mut().poll(cx).is_ready()
     }
 }
 
 impl ResponseBody {
     /// `idle_limit` bounds the pause between two frames (upstream bodies only).
     pub fn new(inner: ProxyBody, idle_limit: Option<Duration>, log: AccessLog) -> Self {
-        let idle = idle_limit.map(|limit| IdleTimer {
-            limit,
-            sleep: Box::pin(tokio::time::sleep(limit)),
-            waiting: false,
-        });
+        let idle = idle_limit.map(IdleTimer::new);
         Self {
             inner,
             idle,
@@ -110,7 +130,7 @@ impl Body for ResponseBody {
                     this.bytes += data.len() as u64;
                 }
                 if let Some(idle) = &mut this.idle {
-                    idle.waiting = false;
+                    idle.data();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

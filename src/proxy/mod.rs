@@ -144,16 +144,20 @@ async fn forward(
             .ok_or_else(|| ProxyError::RouteNotFound {
                 path: request.uri().path().to_string(),
             })?;
-    log.route = Some(route.prefix().to_string());
+    log.route = Some(route.name.clone());
     route.check_method(request.method())?;
     inbound::admit_to_route(&request, &admitted, route)?;
-    let links = public_origin(gateway, conn, &request)
-        .and_then(|origin| rewrite::LinkRewriter::new(route, &origin));
+    // Kept to build links back to azgate, if the response has any (cheap clones).
+    let origin = OriginHint {
+        host: request.headers().get(http::header::HOST).cloned(),
+        authority: request.uri().authority().cloned(),
+        tls: conn.tls,
+    };
 
     // prepare upstream request: strip, inject credential, hold the body for replay
     let authorization = send::authorize(route).await?;
     let (parts, incoming) = request.into_parts();
-    let template = UpstreamRequest::new(&parts, route, request_id);
+    let template = UpstreamRequest::new(parts, route, request_id);
     let incoming = InboundBody::new(
         incoming,
         log.bytes_in.clone(),
@@ -181,6 +185,11 @@ async fn forward(
         .as_ref()
         .map(|a| a.injection.secret_bytes());
     let mut response = rewrite_response(sent.result?, secret, log);
+    let wants_links = route.config.rewrite_body_links || rewrite::has_links(response.headers());
+    let links = wants_links
+        .then(|| public_origin(gateway, &origin))
+        .flatten()
+        .and_then(|origin| rewrite::LinkRewriter::new(route, &origin));
     if let Some(links) = &links {
         links.headers(response.headers_mut());
         if route.config.rewrite_body_links {
@@ -191,21 +200,28 @@ async fn forward(
     Ok((response, route.config.timeout))
 }
 
+/// What the client called azgate, for links back to it.
+struct OriginHint {
+    host: Option<HeaderValue>,
+    authority: Option<http::uri::Authority>,
+    tls: bool,
+}
+
 /// Where clients reach azgate: `server.public_url`, else the scheme of the connection and
 /// the `Host` (or HTTP/2 `:authority`) the client used.
-fn public_origin<B>(gateway: &Gateway, conn: &ConnInfo, request: &Request<B>) -> Option<String> {
+fn public_origin(gateway: &Gateway, hint: &OriginHint) -> Option<String> {
     if let Some(url) = &gateway.config.server.public_url {
         return Some(url.to_string().trim_end_matches('/').to_string());
     }
-    let host = request
-        .headers()
-        .get(http::header::HOST)
+    let host = hint
+        .host
+        .as_ref()
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.to_string()))?;
+        .or_else(|| hint.authority.as_ref().map(|a| a.to_string()))?;
     // A Host header that is not a plain authority must not end up in a Location header.
     http::uri::Authority::try_from(host.as_str()).ok()?;
-    let scheme = if conn.tls { "https" } else { "http" };
+    let scheme = if hint.tls { "https" } else { "http" };
     Some(format!("{scheme}://{host}"))
 }
 

@@ -27,8 +27,9 @@ pub struct UpstreamRequest {
 }
 
 impl UpstreamRequest {
-    pub fn new(client: &Parts, route: &Route, request_id: &HeaderValue) -> Self {
-        let mut headers = client.headers.clone();
+    /// Takes the client's request head (its headers are reused, not copied).
+    pub fn new(client: Parts, route: &Route, request_id: &HeaderValue) -> Self {
+        let mut headers = client.headers;
         headers::remove_hop_by_hop(&mut headers);
         headers::strip_client_credentials(&mut headers);
         // The client already got its 100 Continue from azgate's own server.

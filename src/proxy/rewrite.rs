@@ -15,6 +15,11 @@ const LINK_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("azure-asyncoperation"),
 ];
 
+/// Whether a response carries a link header worth rewriting.
+pub fn has_links(headers: &HeaderMap) -> bool {
+    LINK_HEADERS.iter().any(|name| headers.contains_key(name))
+}
+
 /// Maps upstream URLs of one route to azgate URLs.
 #[derive(Debug, Clone)]
 pub struct LinkRewriter {

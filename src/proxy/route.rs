@@ -16,6 +16,8 @@ use crate::credentials::Credential;
 #[derive(Debug)]
 pub struct Route {
     pub config: RouteConfig,
+    /// The prefix, shared with logs and metrics without copying.
+    pub name: Arc<str>,
     pub credential: Option<Arc<Credential>>,
     pub client: UpstreamClient,
     /// The `Allow` header value, when `methods` restricts the route.
@@ -51,6 +53,7 @@ impl Route {
             .trim_end_matches('/')
             .to_string();
         Self {
+            name: Arc::from(config.prefix.as_str()),
             config,
             credential,
             client,

@@ -118,7 +118,7 @@ pub async fn send_with_retry(
                     reason,
                     "retrying"
                 );
-                telemetry.record_retry(route.prefix(), reason);
+                telemetry.record_retry(&route.name, reason);
                 // The failed response is dropped unread; its connection is not reused.
                 drop(result);
                 tokio::time::sleep(wait).await;

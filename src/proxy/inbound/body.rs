@@ -2,7 +2,6 @@
 //! `max_body` while it streams (a missing or lying Content-Length cannot get past it), and
 //! cut off when the client stalls for longer than `body_idle_timeout`.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,9 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
 
-use crate::proxy::body::BoxError;
+use crate::proxy::body::{BoxError, IdleTimer};
 use crate::proxy::error::ProxyError;
 
 /// The body went past the route's `max_body`.
@@ -40,10 +38,7 @@ pub struct InboundBody {
     seen: u64,
     limit: u64,
     idle_limit: Duration,
-    idle: Pin<Box<Sleep>>,
-    /// The idle clock runs only while azgate waits on the client, not while azgate
-    /// itself is not reading (upstream backpressure).
-    waiting: bool,
+    idle: IdleTimer,
 }
 
 impl InboundBody {
@@ -54,8 +49,7 @@ impl InboundBody {
             seen: 0,
             limit,
             idle_limit,
-            idle: Box::pin(tokio::time::sleep(idle_limit)),
-            waiting: false,
+            idle: IdleTimer::new(idle_limit),
         }
     }
 }
@@ -80,18 +74,13 @@ impl Body for InboundBody {
                         }))));
                     }
                 }
-                this.waiting = false;
+                this.idle.data();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(ClientBodyFailed(err))))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                if !this.waiting {
-                    this.waiting = true;
-                    let deadline = Instant::now() + this.idle_limit;
-                    this.idle.as_mut().reset(deadline);
-                }
-                if this.idle.as_mut().poll(cx).is_ready() {
+                if this.idle.expired(cx) {
                     return Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle_limit)))));
                 }
                 Poll::Pending
