@@ -321,11 +321,11 @@ def fmt_ms(seconds):
 def full(args, out):
     install()
     binary = build()
-    (out / "1g.bin").write_bytes(b"")
-    with open(out / "1g.bin", "wb") as f:
-        chunk = os.urandom(1 << 20)
-        for _ in range(1024):
-            f.write(chunk)
+    if not args.quick:
+        with open(out / "1g.bin", "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(1024):
+                f.write(chunk)
     for d in ["body", "proxy", "fastcgi", "uwsgi", "scgi", "pbody", "pproxy", "pfastcgi", "puwsgi", "pscgi"]:
         (out / d).mkdir(exist_ok=True)
     confs = {
@@ -354,7 +354,7 @@ def full(args, out):
                 return Proc(system, ["haproxy", "-f", str(out / "haproxy.cfg")], PORTS[system], PROXY_CPU, out)
             return None
 
-        systems = ["direct", "azgate", "azgate-token", "nginx", "haproxy"]
+        systems = args.systems.split(",") if args.systems else ["direct", "azgate", "azgate-token", "nginx", "haproxy"]
         # Pass 1: throughput at fixed concurrency, CPU per 100k requests, peak RSS, 1-connection latency.
         for system in systems:
             proc = start(system)
@@ -378,6 +378,8 @@ def full(args, out):
             finally:
                 if proc:
                     proc.stop()
+        if args.quick:
+            return results, extra, 0
         # Pass 2: latency at one fixed rate below every proxy's saturation.
         slowest = min(results[s]["rps"] for s in systems if s != "direct")
         rate = int(slowest * args.load_factor)
@@ -573,6 +575,8 @@ def main():
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--idle-connections", type=int, default=10_000)
     parser.add_argument("--load-factor", type=float, default=0.5)
+    parser.add_argument("--quick", action="store_true", help="throughput pass only (for iterating on optimisations)")
+    parser.add_argument("--systems", help="comma-separated subset of direct,azgate,azgate-token,nginx,haproxy")
     args = parser.parse_args()
     out = ROOT / "bench" / "out" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -580,6 +584,11 @@ def main():
         smoke(out)
         return
     results, extra, rate = full(args, out)
+    if args.quick:
+        for system, r in results.items():
+            cpu = "–" if r["cpu_per_100k"] is None else f"{r['cpu_per_100k']:.2f}"
+            print(f"{system:14} {r['rps']:9.0f} req/s  1-conn p50 {fmt_ms(r['single_p50'])} ms  CPU s/100k {cpu}")
+        return
     print(report(results, extra, rate, args, out))
     log(f"written to {out / 'results.md'}")
 
