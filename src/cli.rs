@@ -1,7 +1,9 @@
-//! The command line: `azgate serve`, `azgate check`.
+//! The command line: `azgate serve`, `azgate check`, `azgate token`, and `azgate health`
+//! (the probe a container image runs without any shell tools).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +51,15 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// GET URL; exit 0 on a 2xx answer, 1 otherwise (a container health check that needs
+    /// no shell tools). Proxy variables are ignored.
+    Health {
+        /// What to ask, e.g. http://127.0.0.1:9090/healthz
+        url: String,
+        /// Give up after this long, connection included.
+        #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = health_timeout)]
+        timeout: Duration,
+    },
 }
 
 /// Parses the process arguments and runs the command.
@@ -59,6 +70,7 @@ pub fn main() -> ExitCode {
         Command::Check { config, probe } => check(ConfigSource::resolve(config), probe),
         Command::Serve { config } => serve(ConfigSource::resolve(config)),
         Command::Token { name, config } => token(ConfigSource::resolve(config), &name),
+        Command::Health { url, timeout } => health(&url, timeout),
     }
 }
 
@@ -175,6 +187,97 @@ fn token(source: ConfigSource, name: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Bytes of an unhealthy answer's body read for the message: `/readyz` says there why it
+/// is not ready, and a health check must not wait on a large body.
+const HEALTH_BODY_READ: usize = 1024;
+
+fn health_timeout(text: &str) -> Result<Duration, String> {
+    match crate::config::parse_duration(text)? {
+        d if d.is_zero() => Err("must be greater than zero".to_string()),
+        d => Ok(d),
+    }
+}
+
+/// `azgate health URL`: one line on stdout when healthy, on stderr otherwise.
+fn health(url: &str, timeout: Duration) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let outcome = runtime.block_on(async {
+        // reqwest's own timeout covers the exchange; this one also bounds DNS and body reads.
+        tokio::time::timeout(timeout, probe_health(url, timeout))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no answer from {url} within {}",
+                    humantime::format_duration(timeout)
+                ))
+            })
+    });
+    match outcome {
+        Ok(line) => {
+            println!("azgate health: {line}");
+            ExitCode::SUCCESS
+        }
+        Err(line) => {
+            eprintln!("azgate health: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn probe_health(url: &str, timeout: Duration) -> Result<String, String> {
+    let target = reqwest::Url::parse(url).map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
+    if !matches!(target.scheme(), "http" | "https") {
+        return Err(format!("\"{url}\" is not an http(s) URL"));
+    }
+    // No proxy variables: a probe goes straight to the address it names, also inside a
+    // container whose environment sets HTTPS_PROXY for the upstream traffic.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("azgate-health/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let mut response = client
+        .get(target)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {}", error_chain(&e)))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(format!("{url} answered {status}"));
+    }
+    let mut body = Vec::new();
+    while body.len() < HEALTH_BODY_READ {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(HEALTH_BODY_READ);
+    Err(format!(
+        "{url} answered {status}: {}",
+        crate::credentials::token::snippet(&String::from_utf8_lossy(&body))
+    ))
+}
+
+/// An error and its causes on one line ("… : tcp connect error: Connection refused").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
