@@ -314,6 +314,14 @@ def curl_transfer(args):
     return int(code), int(down), int(up), float(total)
 
 
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def fmt_ms(seconds):
     return "–" if seconds is None else f"{seconds * 1000:.2f}"
 
@@ -335,49 +343,58 @@ def full(args, out):
         "azgate-static.toml": azgate_conf(PORTS["azgate"], STATIC_CREDENTIAL),
         "azgate-token.toml": azgate_conf(PORTS["azgate-token"], TOKEN_CREDENTIAL),
     }
+    # Configs live apart from the logs: azgate watches its config's directory for changes.
+    (out / "conf").mkdir(exist_ok=True)
     for name, text in confs.items():
-        (out / name).write_text(text)
+        (out / "conf" / name).write_text(text)
 
-    upstream = Proc("upstream", ["nginx", "-c", str(out / "nginx-upstream.conf")], PORTS["upstream"], LOAD_CPU, out)
+    upstream = Proc("upstream", ["nginx", "-c", str(out / "conf" / "nginx-upstream.conf")], PORTS["upstream"], LOAD_CPU, out)
     token = Proc("token", [sys.executable, str(ROOT / "bench" / "mock_token.py"), str(PORTS["token"])], PORTS["token"], LOAD_CPU, out)
     results = {}
     extra = {}
     try:
         def start(system):
             if system == "azgate":
-                return Proc(system, [str(binary), "serve", "-c", str(out / "azgate-static.toml")], PORTS[system], PROXY_CPU, out)
+                return Proc(system, [str(binary), "serve", "-c", str(out / "conf" / "azgate-static.toml")], PORTS[system], PROXY_CPU, out)
             if system == "azgate-token":
-                return Proc(system, [str(binary), "serve", "-c", str(out / "azgate-token.toml")], PORTS[system], PROXY_CPU, out)
+                return Proc(system, [str(binary), "serve", "-c", str(out / "conf" / "azgate-token.toml")], PORTS[system], PROXY_CPU, out)
             if system == "nginx":
-                return Proc(system, ["nginx", "-c", str(out / "nginx-proxy.conf")], PORTS[system], PROXY_CPU, out)
+                return Proc(system, ["nginx", "-c", str(out / "conf" / "nginx-proxy.conf")], PORTS[system], PROXY_CPU, out)
             if system == "haproxy":
-                return Proc(system, ["haproxy", "-f", str(out / "haproxy.cfg")], PORTS[system], PROXY_CPU, out)
+                return Proc(system, ["haproxy", "-f", str(out / "conf" / "haproxy.cfg")], PORTS[system], PROXY_CPU, out)
             return None
 
         systems = args.systems.split(",") if args.systems else ["direct", "azgate", "azgate-token", "nginx", "haproxy"]
-        # Pass 1: throughput at fixed concurrency, CPU per 100k requests, peak RSS, 1-connection latency.
-        for system in systems:
-            proc = start(system)
-            try:
-                target = url(system)
-                oha(target, "-z", "3s", "-c", str(args.connections))  # warm-up: pools, token cache
-                cpu0 = proc.cpu_seconds() if proc else None
-                tput = oha(target, "-z", f"{args.seconds}s", "-c", str(args.connections))
-                cpu1 = proc.cpu_seconds() if proc else None
-                single = oha(target, "-z", f"{max(3, args.seconds // 2)}s", "-c", "1")
-                results[system] = {
-                    "rps": tput["rps"],
-                    "ok": tput["ok"],
-                    "total": tput["total"],
-                    "cpu_per_100k": None if proc is None or tput["total"] == 0 else (cpu1 - cpu0) / tput["total"] * 100_000,
-                    "peak_rss_mib": None if proc is None else proc.memory_kib("VmHWM") / 1024,
-                    "single_p50": single["p50"],
-                    "single_p99": single["p99"],
-                }
-                log(f"{system}: {tput['rps']:.0f} req/s, 1-conn p50 {fmt_ms(single['p50'])} ms")
-            finally:
-                if proc:
-                    proc.stop()
+        # Pass 1: throughput at fixed concurrency, CPU per 100k requests, peak RSS,
+        # 1-connection latency. Systems take turns, `--repeat` times; medians are reported,
+        # since a shared machine's speed drifts over minutes.
+        runs = {system: [] for system in systems}
+        for round_no in range(args.repeat):
+            for system in systems:
+                proc = start(system)
+                try:
+                    target = url(system)
+                    oha(target, "-z", "3s", "-c", str(args.connections))  # warm-up: pools, token cache
+                    cpu0 = proc.cpu_seconds() if proc else None
+                    tput = oha(target, "-z", f"{args.seconds}s", "-c", str(args.connections))
+                    cpu1 = proc.cpu_seconds() if proc else None
+                    single = oha(target, "-z", f"{max(3, args.seconds // 2)}s", "-c", "1")
+                    runs[system].append({
+                        "rps": tput["rps"],
+                        "ok": tput["ok"],
+                        "total": tput["total"],
+                        "cpu_per_100k": None if proc is None or tput["total"] == 0 else (cpu1 - cpu0) / tput["total"] * 100_000,
+                        "peak_rss_mib": None if proc is None else proc.memory_kib("VmHWM") / 1024,
+                        "single_p50": single["p50"],
+                        "single_p99": single["p99"],
+                    })
+                    log(f"round {round_no + 1}: {system}: {tput['rps']:.0f} req/s, 1-conn p50 {fmt_ms(single['p50'])} ms")
+                finally:
+                    if proc:
+                        proc.stop()
+        for system, rounds in runs.items():
+            results[system] = {key: median([r[key] for r in rounds]) for key in rounds[0]}
+            results[system]["rounds_rps"] = [round(r["rps"]) for r in rounds]
         if args.quick:
             return results, extra, 0
         # Pass 2: latency at one fixed rate below every proxy's saturation.
@@ -512,7 +529,7 @@ def report(results, extra, rate, args, out):
         *COMMANDS,
         "```",
         "",
-        f"Peer configs: {out}/ (nginx-upstream.conf, nginx-proxy.conf, haproxy.cfg, azgate-*.toml).",
+        f"Peer configs: {out}/conf/ (nginx-upstream.conf, nginx-proxy.conf, haproxy.cfg, azgate-*.toml).",
     ]
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
@@ -575,6 +592,7 @@ def main():
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--idle-connections", type=int, default=10_000)
     parser.add_argument("--load-factor", type=float, default=0.5)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the throughput pass (medians are reported)")
     parser.add_argument("--quick", action="store_true", help="throughput pass only (for iterating on optimisations)")
     parser.add_argument("--systems", help="comma-separated subset of direct,azgate,azgate-token,nginx,haproxy")
     args = parser.parse_args()
@@ -587,7 +605,7 @@ def main():
     if args.quick:
         for system, r in results.items():
             cpu = "–" if r["cpu_per_100k"] is None else f"{r['cpu_per_100k']:.2f}"
-            print(f"{system:14} {r['rps']:9.0f} req/s  1-conn p50 {fmt_ms(r['single_p50'])} ms  CPU s/100k {cpu}")
+            print(f"{system:14} {r['rps']:9.0f} req/s (rounds {r['rounds_rps']})  1-conn p50 {fmt_ms(r['single_p50'])} ms  CPU s/100k {cpu}")
         return
     print(report(results, extra, rate, args, out))
     log(f"written to {out / 'results.md'}")
