@@ -275,6 +275,8 @@ token_url = "http://127.0.0.1:{PORTS['token']}/bench/oauth2/v2.0/token"
 def url(system, path="/"):
     if system == "direct":
         return f"http://127.0.0.1:{PORTS['upstream']}{path}"
+    if system == "azgate-before":
+        system = "azgate"
     return f"http://127.0.0.1:{PORTS[system]}/up{path}"
 
 
@@ -356,6 +358,9 @@ def full(args, out):
         def start(system):
             if system == "azgate":
                 return Proc(system, [str(binary), "serve", "-c", str(out / "conf" / "azgate-static.toml")], PORTS[system], PROXY_CPU, out)
+            if system == "azgate-before":
+                # An earlier build (--before-bin), same config as `azgate`, for before/after rows.
+                return Proc(system, [args.before_bin, "serve", "-c", str(out / "conf" / "azgate-static.toml")], PORTS["azgate"], PROXY_CPU, out)
             if system == "azgate-token":
                 return Proc(system, [str(binary), "serve", "-c", str(out / "conf" / "azgate-token.toml")], PORTS[system], PROXY_CPU, out)
             if system == "nginx":
@@ -594,6 +599,7 @@ def main():
     parser.add_argument("--load-factor", type=float, default=0.5)
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the throughput pass (medians are reported)")
     parser.add_argument("--quick", action="store_true", help="throughput pass only (for iterating on optimisations)")
+    parser.add_argument("--before-bin", help="an earlier azgate binary, run as system `azgate-before`")
     parser.add_argument("--systems", help="comma-separated subset of direct,azgate,azgate-token,nginx,haproxy")
     args = parser.parse_args()
     out = ROOT / "bench" / "out" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
