@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Userland instructions per proxied request, counted by valgrind's callgrind.
+
+    python3 bench/instructions.py                              # this tree's release build
+    python3 bench/instructions.py before=/tmp/old-azgate after=target/release/azgate
+    python3 bench/instructions.py --peers                      # and nginx, HAProxy
+
+Throughput on a shared 2-core VM drifts by ±25% over minutes, which hides optimisations
+worth a few percent. Instruction counts do not drift: each build proxies the same requests
+to the same nginx upstream under callgrind, counters are zeroed after a warm-up, and the
+instructions of the measured requests are divided by their number. Kernel time (the
+loopback TCP path) is not counted; it is the same for every build.
+Writes bench/out/<time>/instructions.md and keeps the callgrind files for
+`callgrind_annotate --inclusive=yes`.
+"""
+import argparse
+import datetime
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import run as bench  # noqa: E402  (the benchmark driver: peer configs, Proc, oha)
+
+
+def install_valgrind():
+    if shutil.which("valgrind") is None:
+        bench.log("installing valgrind from Debian")
+        sudo = [] if bench.os.geteuid() == 0 else ["sudo"]
+        bench.run(sudo + ["apt-get", "update", "-qq"])
+        bench.run(sudo + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "valgrind"])
+
+
+def first_line(cmd):
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        return (p.stdout or p.stderr).strip().splitlines()[0]
+    except (OSError, IndexError):
+        return "not found"
+
+
+def totals(dump):
+    """The `totals:` (or `summary:`) line of a callgrind file: instructions executed."""
+    for line in dump.read_text().splitlines():
+        match = re.match(r"^(?:totals|summary):\s+(\d+)", line)
+        if match:
+            return int(match.group(1))
+    raise RuntimeError(f"no totals in {dump}")
+
+
+def measure(label, cmd, system, out, warmup, requests, connections):
+    prefix = out / f"callgrind.{label}"
+    cmd = ["valgrind", "--tool=callgrind", "--quiet", f"--callgrind-out-file={prefix}.%p", *cmd]
+    proc = bench.Proc(label, cmd, bench.PORTS[system], bench.PROXY_CPU, out)
+    try:
+        target = bench.url(system)
+        first = bench.oha(target, "-n", str(warmup), "-c", str(connections), timeout=600)
+        if first["ok"] != warmup:
+            raise RuntimeError(f"{label}: warm-up got {first['ok']} of {warmup} answers")
+        pid = proc.proc.pid
+        bench.run(["callgrind_control", "--zero", str(pid)])
+        measured = bench.oha(target, "-n", str(requests), "-c", str(connections), timeout=1200)
+        if measured["ok"] != requests:
+            raise RuntimeError(f"{label}: got {measured['ok']} of {requests} answers")
+        before = set(out.glob(f"callgrind.{label}.*"))
+        bench.run(["callgrind_control", "--dump", str(pid)])
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            dumps = [d for d in out.glob(f"callgrind.{label}.*") if d not in before and d.stat().st_size > 0]
+            if dumps:
+                time.sleep(0.5)  # let the dump finish writing
+                return totals(dumps[0]) / requests, dumps[0]
+            time.sleep(0.2)
+        raise RuntimeError(f"{label}: callgrind wrote no dump")
+    finally:
+        proc.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("builds", nargs="*", help="label=path-to-azgate (default: this tree's release build)")
+    parser.add_argument("--warmup", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--peers", action="store_true", help="also count nginx and HAProxy doing the same job")
+    args = parser.parse_args()
+
+    bench.install()
+    install_valgrind()
+    builds = [b.split("=", 1) for b in args.builds] or [["this-tree", str(bench.build())]]
+    out = bench.ROOT / "bench" / "out" / ("instructions-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    (out / "conf").mkdir(parents=True, exist_ok=True)
+    for d in ["body", "proxy", "fastcgi", "uwsgi", "scgi"]:
+        (out / d).mkdir(exist_ok=True)
+    (out / "conf" / "nginx-upstream.conf").write_text(bench.nginx_upstream_conf(out))
+    conf = out / "conf" / "azgate-static.toml"
+    conf.write_text(bench.azgate_conf(bench.PORTS["azgate"], bench.STATIC_CREDENTIAL))
+    runs = [(label, [binary, "serve", "-c", str(conf)], "azgate") for label, binary in builds]
+    if args.peers:
+        for d in ["pbody", "pproxy", "pfastcgi", "puwsgi", "pscgi"]:
+            (out / d).mkdir(exist_ok=True)
+        # One process that serves (no master), so callgrind sees the worker's instructions.
+        nginx_conf = out / "conf" / "nginx-proxy.conf"
+        nginx_conf.write_text("master_process off;\n" + bench.nginx_proxy_conf(out))
+        haproxy_conf = out / "conf" / "haproxy.cfg"
+        haproxy_conf.write_text(bench.haproxy_conf(out))
+        runs.append(("nginx", ["nginx", "-c", str(nginx_conf)], "nginx"))
+        runs.append(("haproxy", ["haproxy", "-db", "-f", str(haproxy_conf)], "haproxy"))
+
+    upstream = bench.Proc("upstream", ["nginx", "-c", str(out / "conf" / "nginx-upstream.conf")],
+                          bench.PORTS["upstream"], bench.LOAD_CPU, out)
+    rows = []
+    try:
+        for label, cmd, system in runs:
+            per_request, dump = measure(label, cmd, system, out, args.warmup, args.requests, args.connections)
+            bench.log(f"{label}: {per_request:,.0f} instructions per request")
+            rows.append((label, cmd[0], per_request, dump))
+    finally:
+        upstream.stop()
+
+    base = rows[0][2]
+    lines = [
+        f"# Instructions per request ({datetime.date.today()})",
+        "",
+        f"valgrind {first_line(['valgrind', '--version'])}; {args.requests} requests over "
+        f"{args.connections} keep-alive connections after {args.warmup} warm-up requests; "
+        "`static` credential (azgate), nginx upstream; userland instructions of the proxy process.",
+        "",
+        "| build | instructions / request | vs first |",
+        "|---|---|---|",
+    ]
+    for label, _binary, per_request, _dump in rows:
+        lines.append(f"| {label} | {per_request:,.0f} | {per_request / base - 1:+.1%} |")
+    lines += ["", "Commands:", ""]
+    lines += [f"    {c}" for c in bench.COMMANDS]
+    lines += ["", "Callgrind files (for `callgrind_annotate --inclusive=yes FILE`):", ""]
+    lines += [f"    {label}: {dump}" for label, _b, _p, dump in rows]
+    text = "\n".join(lines) + "\n"
+    (out / "instructions.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
