@@ -54,6 +54,7 @@ def totals(dump):
 def measure(label, cmd, system, out, warmup, requests, connections):
     prefix = out / f"callgrind.{label}"
     cmd = ["valgrind", "--tool=callgrind", "--quiet", f"--callgrind-out-file={prefix}.%p", *cmd]
+    bench.COMMANDS.append("taskset -c " + bench.PROXY_CPU + " " + " ".join(cmd))
     proc = bench.Proc(label, cmd, bench.PORTS[system], bench.PROXY_CPU, out)
     try:
         target = bench.url(system)
@@ -62,11 +63,13 @@ def measure(label, cmd, system, out, warmup, requests, connections):
             raise RuntimeError(f"{label}: warm-up got {first['ok']} of {warmup} answers")
         pid = proc.proc.pid
         bench.run(["callgrind_control", "--zero", str(pid)])
+        bench.COMMANDS.append(f"callgrind_control --zero {pid}")
         measured = bench.oha(target, "-n", str(requests), "-c", str(connections), timeout=1200)
         if measured["ok"] != requests:
             raise RuntimeError(f"{label}: got {measured['ok']} of {requests} answers")
         before = set(out.glob(f"callgrind.{label}.*"))
         bench.run(["callgrind_control", "--dump", str(pid)])
+        bench.COMMANDS.append(f"callgrind_control --dump {pid}")
         deadline = time.time() + 30
         while time.time() < deadline:
             dumps = [d for d in out.glob(f"callgrind.{label}.*") if d not in before and d.stat().st_size > 0]
