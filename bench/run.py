@@ -316,6 +316,30 @@ def curl_transfer(args):
     return int(code), int(down), int(up), float(total)
 
 
+def cpu_ticks():
+    """Per CPU (steal, total) ticks from /proc/stat: time the hypervisor gave to others."""
+    ticks = {}
+    try:
+        for line in pathlib.Path("/proc/stat").read_text().splitlines():
+            fields = line.split()
+            if fields and fields[0].startswith("cpu") and fields[0] != "cpu":
+                values = [int(v) for v in fields[1:]]
+                ticks[fields[0]] = (values[7] if len(values) > 7 else 0, sum(values[:8]))
+    except (OSError, ValueError):
+        pass
+    return ticks
+
+
+def steal_pct(before, after):
+    """The highest share of stolen time on any CPU between two `cpu_ticks()`."""
+    worst = 0.0
+    for cpu, (steal1, total1) in after.items():
+        steal0, total0 = before.get(cpu, (steal1, total1))
+        if total1 > total0:
+            worst = max(worst, (steal1 - steal0) / (total1 - total0) * 100)
+    return worst
+
+
 def median(values):
     values = sorted(v for v in values if v is not None)
     if not values:
@@ -381,7 +405,9 @@ def full(args, out):
                     target = url(system)
                     oha(target, "-z", "3s", "-c", str(args.connections))  # warm-up: pools, token cache
                     cpu0 = proc.cpu_seconds() if proc else None
+                    ticks0 = cpu_ticks()
                     tput = oha(target, "-z", f"{args.seconds}s", "-c", str(args.connections))
+                    stolen = steal_pct(ticks0, cpu_ticks())
                     cpu1 = proc.cpu_seconds() if proc else None
                     single = oha(target, "-z", f"{max(3, args.seconds // 2)}s", "-c", "1")
                     runs[system].append({
@@ -392,14 +418,16 @@ def full(args, out):
                         "peak_rss_mib": None if proc is None else proc.memory_kib("VmHWM") / 1024,
                         "single_p50": single["p50"],
                         "single_p99": single["p99"],
+                        "steal_pct": stolen,
                     })
-                    log(f"round {round_no + 1}: {system}: {tput['rps']:.0f} req/s, 1-conn p50 {fmt_ms(single['p50'])} ms")
+                    log(f"round {round_no + 1}: {system}: {tput['rps']:.0f} req/s, 1-conn p50 {fmt_ms(single['p50'])} ms, steal {stolen:.0f}%")
                 finally:
                     if proc:
                         proc.stop()
         for system, rounds in runs.items():
             results[system] = {key: median([r[key] for r in rounds]) for key in rounds[0]}
             results[system]["rounds_rps"] = [round(r["rps"]) for r in rounds]
+            results[system]["rounds_steal"] = [round(r["steal_pct"]) for r in rounds]
         if args.quick:
             return results, extra, 0
         # Pass 2: latency at one fixed rate below every proxy's saturation.
@@ -440,6 +468,7 @@ def full(args, out):
                     "direct_mib_s": median([p[0] for p in pairs]),
                     "azgate_mib_s": median([p[1] for p in pairs]),
                     "ratios": [round(p[1] / p[0], 2) for p in pairs],
+                    "ratio": median([p[1] / p[0] for p in pairs]),
                 }
             extra["stream_peak_rss_mib"] = proc.memory_kib("VmHWM") / 1024
             loop, writers = idle_connections(PORTS["azgate"], args.idle_connections)
@@ -516,6 +545,15 @@ def report(results, extra, rate, args, out):
             f"| {added_text} | {cpu_text} | {rss_text} |"
         )
     errors = {s: (r["total"] - r["ok"], r.get("rate_total", 0) - r.get("rate_ok", 0)) for s, r in results.items()}
+    lines += [
+        "",
+        "Throughput per round (req/s, and the highest share of CPU time stolen by the hypervisor "
+        "on either CPU during it; rounds with steal are slower for reasons outside the systems):",
+        "",
+    ]
+    for system, r in results.items():
+        rounds = ", ".join(f"{rps} ({st}% steal)" for rps, st in zip(r["rounds_rps"], r["rounds_steal"]))
+        lines.append(f"- {system}: {rounds}")
     lines += ["", "Non-2xx answers (throughput run, latency run): " + ", ".join(f"{s} {a}/{b}" for s, (a, b) in errors.items()), ""]
     lines += [
         "azgate alone:",
@@ -526,7 +564,7 @@ def report(results, extra, rate, args, out):
         e = extra[name]
         lines.append(
             f"- 1 GiB {name}: {e['azgate_mib_s']:.0f} MiB/s through azgate vs {e['direct_mib_s']:.0f} MiB/s direct "
-            f"({e['azgate_mib_s'] / e['direct_mib_s']:.0%}; medians of {len(e['ratios'])} turns, ratio per turn {e['ratios']}), "
+            f"(median of the turns' ratios {e['ratio']:.0%}, per turn {e['ratios']}; speeds are medians of {len(e['ratios'])} turns), "
             f"status {e['code']}, all bytes: {e['bytes_ok']}"
         )
     lines += [
@@ -618,7 +656,7 @@ def main():
     if args.quick:
         for system, r in results.items():
             cpu = "–" if r["cpu_per_100k"] is None else f"{r['cpu_per_100k']:.2f}"
-            print(f"{system:14} {r['rps']:9.0f} req/s (rounds {r['rounds_rps']})  1-conn p50 {fmt_ms(r['single_p50'])} ms  CPU s/100k {cpu}")
+            print(f"{system:14} {r['rps']:9.0f} req/s (rounds {r['rounds_rps']}, steal % {r['rounds_steal']})  1-conn p50 {fmt_ms(r['single_p50'])} ms  CPU s/100k {cpu}")
         return
     print(report(results, extra, rate, args, out))
     log(f"written to {out / 'results.md'}")
