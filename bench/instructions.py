@@ -4,6 +4,7 @@
     python3 bench/instructions.py                              # this tree's release build
     python3 bench/instructions.py before=/tmp/old-azgate after=target/release/azgate
     python3 bench/instructions.py --peers                      # and nginx, HAProxy
+    python3 bench/instructions.py --token                      # and the token credential path
 
 Throughput on a shared 2-core VM drifts by ±25% over minutes, which hides optimisations
 worth a few percent. Instruction counts do not drift: each build proxies the same requests
@@ -89,6 +90,8 @@ def main():
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--peers", action="store_true", help="also count nginx and HAProxy doing the same job")
+    parser.add_argument("--token", action="store_true",
+                        help="also count the first build with a client_secret credential (warm cache, mock token endpoint)")
     args = parser.parse_args()
 
     bench.install()
@@ -102,6 +105,10 @@ def main():
     conf = out / "conf" / "azgate-static.toml"
     conf.write_text(bench.azgate_conf(bench.PORTS["azgate"], bench.STATIC_CREDENTIAL))
     runs = [(label, [binary, "serve", "-c", str(conf)], "azgate") for label, binary in builds]
+    if args.token:
+        token_conf = out / "conf" / "azgate-token.toml"
+        token_conf.write_text(bench.azgate_conf(bench.PORTS["azgate-token"], bench.TOKEN_CREDENTIAL))
+        runs.append((builds[0][0] + "-token", [builds[0][1], "serve", "-c", str(token_conf)], "azgate-token"))
     if args.peers:
         for d in ["pbody", "pproxy", "pfastcgi", "puwsgi", "pscgi"]:
             (out / d).mkdir(exist_ok=True)
@@ -115,6 +122,10 @@ def main():
 
     upstream = bench.Proc("upstream", ["nginx", "-c", str(out / "conf" / "nginx-upstream.conf")],
                           bench.PORTS["upstream"], bench.LOAD_CPU, out)
+    token = None
+    if args.token:
+        token = bench.Proc("token", [sys.executable, str(bench.ROOT / "bench" / "mock_token.py"), str(bench.PORTS["token"])],
+                           bench.PORTS["token"], bench.LOAD_CPU, out)
     rows = []
     try:
         for label, cmd, system in runs:
@@ -123,6 +134,8 @@ def main():
             rows.append((label, cmd[0], per_request, dump))
     finally:
         upstream.stop()
+        if token:
+            token.stop()
 
     base = rows[0][2]
     lines = [
@@ -130,7 +143,8 @@ def main():
         "",
         f"valgrind {first_line(['valgrind', '--version'])}; {args.requests} requests over "
         f"{args.connections} keep-alive connections after {args.warmup} warm-up requests; "
-        "`static` credential (azgate), nginx upstream; userland instructions of the proxy process.",
+        "azgate with a `static` credential (`-token`: a `client_secret` credential from a warm cache), "
+        "nginx upstream; userland instructions of the proxy process.",
         "",
         "| build | instructions / request | vs first |",
         "|---|---|---|",
