@@ -2,42 +2,14 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
+use support::logs::LogCapture;
 use support::{Azgate, MockUpstream, client};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
 
 // A current-thread runtime keeps every task on this thread, under the scoped subscriber.
 #[tokio::test(flavor = "current_thread")]
 async fn one_json_line_per_request_without_secrets() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(capture.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = LogCapture::default();
+    let _guard = capture.install_json(tracing::Level::DEBUG);
 
     let upstream = MockUpstream::echo().await;
     let gw = Azgate::start(&format!(
@@ -73,7 +45,7 @@ async fn one_json_line_per_request_without_secrets() {
     missing.bytes().await.unwrap();
     gw.stop().await;
 
-    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let text = capture.text();
     for secret in [
         "SUPER-SECRET-KEY-VALUE",
         "CLIENT-TOKEN-VALUE",

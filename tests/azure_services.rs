@@ -10,7 +10,7 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use support::video_indexer::MockVideoIndexer;
-use support::{Azgate, MockUpstream, client, full};
+use support::{Azgate, MockUpstream, body_text, client, full};
 
 /// A mock upstream whose handler knows its own base URL (for absolute links).
 async fn self_aware<F>(handler: F) -> (MockUpstream, Arc<OnceLock<String>>)
@@ -420,14 +420,7 @@ async fn a_primary_key_refused_fails_over_to_the_secondary_until_reload() {
         *seen.lock().unwrap(),
         vec!["OLD-KEY-0001", "NEW-KEY-0002", "NEW-KEY-0002"]
     );
-    let metrics = c
-        .get(format!("{}/metrics", gw.admin_url.clone().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = body_text(c.get(format!("{}/metrics", gw.admin_url.clone().unwrap()))).await;
     assert!(
         metrics.contains("azgate_key_failovers_total{credential=\"apim\"} 1"),
         "{metrics}"

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use support::entra::{MockEntra, aadsts_error, v2_token};
+use support::entra::{MockEntra, v2_token};
 use support::{Azgate, MockUpstream, client, full};
 
 fn client_secret_route(entra: &MockEntra, upstream: &str) -> String {
@@ -167,14 +167,7 @@ async fn a_body_too_large_to_keep_is_not_replayed() {
 #[tokio::test]
 async fn token_endpoint_errors_become_credential_unavailable() {
     let entra = MockEntra::start().await;
-    entra.respond_with(|_, _| {
-        aadsts_error(
-            401,
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided.",
-        )
-    });
+    entra.refuse_client_secret();
     let upstream = MockUpstream::echo().await;
     let gw = Azgate::start(&client_secret_route(&entra, &upstream.url)).await;
     let response = client()

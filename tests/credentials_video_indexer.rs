@@ -12,7 +12,7 @@ use std::time::Duration;
 use azgate::credentials::CredentialSet;
 use azgate::env::Env;
 use serde_json::json;
-use support::entra::{MockEntra, aadsts_error};
+use support::entra::MockEntra;
 use support::video_indexer::{
     MockVideoIndexer, arm_error, jwt, now_secs, raw, throttled, token_string, vi_error,
 };
@@ -501,14 +501,7 @@ async fn arm_answer_without_access_token_is_named() {
 #[tokio::test]
 async fn arm_credential_failure_is_named() {
     let entra = MockEntra::start().await;
-    entra.respond_with(|_, _| {
-        aadsts_error(
-            401,
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided.",
-        )
-    });
+    entra.refuse_client_secret();
     let arm = MockVideoIndexer::start().await;
     let set = credentials(&arm_accounts(&entra.url, &arm.url, ""));
     let reason = failure(&set, "vi").await;

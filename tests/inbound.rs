@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::Response;
 use support::scripted::{Scripted, reply};
-use support::{Azgate, MockUpstream, client, full};
+use support::{Azgate, MockUpstream, client, full, status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY_A: &str = "key-a-0123456789abcdef";
@@ -316,14 +316,7 @@ async fn the_address_allow_list_and_trusted_proxies() {
     assert_eq!(response.headers()["x-azgate-error"], "forbidden");
 
     let gw = start("allow = [\"127.0.0.0/8\"]").await;
-    assert_eq!(
-        c.get(format!("{}/x", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(c.get(format!("{}/x", gw.url))).await, 200);
 
     // Behind a trusted proxy (here: loopback), the forwarded client address is checked.
     let gw = start("allow = [\"203.0.113.0/24\"]\ntrusted_proxies = [\"127.0.0.1\"]").await;
@@ -339,14 +332,7 @@ async fn the_address_allow_list_and_trusted_proxies() {
         403,
         "the right-most untrusted entry counts"
     );
-    assert_eq!(
-        c.get(format!("{}/x", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(status(c.get(format!("{}/x", gw.url))).await, 403);
 
     // Without trusted proxies the header cannot be used to get in.
     let gw = start("allow = [\"203.0.113.0/24\"]").await;
@@ -371,26 +357,10 @@ async fn ipv6_clients_are_matched_against_ipv6_ranges() {
         upstream.url
     );
     let gw = Azgate::start_with(&text, std::path::Path::new("."), &HashMap::new()).await;
-    assert_eq!(
-        client()
-            .get(format!("{}/x", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(client().get(format!("{}/x", gw.url))).await, 200);
     let text = text.replace("::1/128", "fd00::/8");
     let gw = Azgate::start_with(&text, std::path::Path::new("."), &HashMap::new()).await;
-    assert_eq!(
-        client()
-            .get(format!("{}/x", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(status(client().get(format!("{}/x", gw.url))).await, 403);
 }
 
 #[test]

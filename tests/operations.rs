@@ -7,9 +7,9 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::entra::{MockEntra, aadsts_error};
+use support::entra::MockEntra;
 use support::scripted::{Scripted, reply};
-use support::{Azgate, MockUpstream, client};
+use support::{Azgate, MockUpstream, body_text, client, status};
 
 fn client_secret(name: &str, entra: &MockEntra, client_id: &str) -> String {
     format!(
@@ -76,14 +76,7 @@ async fn admin_endpoints_answer_and_never_proxy() {
     .await;
     let admin = gw.admin_url.clone().unwrap();
     let c = client();
-    assert_eq!(
-        c.get(format!("{admin}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(c.get(format!("{admin}/healthz"))).await, 200);
     let ready = c.get(format!("{admin}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     assert_eq!(support::json(ready).await["status"], "ready");
@@ -95,14 +88,7 @@ async fn admin_endpoints_answer_and_never_proxy() {
             .unwrap()
             .contains("openmetrics-text")
     );
-    assert_eq!(
-        c.get(format!("{admin}/status.json"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(c.get(format!("{admin}/status.json"))).await, 200);
     let page = c.get(format!("{admin}/status")).send().await.unwrap();
     assert!(
         page.headers()["content-type"]
@@ -114,14 +100,7 @@ async fn admin_endpoints_answer_and_never_proxy() {
     assert_eq!(post.status(), 405);
     assert_eq!(post.headers()["allow"], "GET, HEAD");
     // A proxied path on the admin listener is just unknown.
-    assert_eq!(
-        c.get(format!("{admin}/anything/x"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(status(c.get(format!("{admin}/anything/x"))).await, 404);
 }
 
 #[tokio::test]
@@ -154,49 +133,17 @@ async fn metrics_count_exactly_what_happened() {
     let c = client();
     for _ in 0..3 {
         assert_eq!(
-            c.get(format!("{}/a/x?accessToken=SECRET-Q", gw.url))
-                .send()
-                .await
-                .unwrap()
-                .status(),
+            status(c.get(format!("{}/a/x?accessToken=SECRET-Q", gw.url))).await,
             200
         );
     }
-    assert_eq!(
-        c.post(format!("{}/a/x", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        405
-    );
-    assert_eq!(
-        c.get(format!("{}/nowhere", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        c.get(format!("{}/r/x", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(c.post(format!("{}/a/x", gw.url))).await, 405);
+    assert_eq!(status(c.get(format!("{}/nowhere", gw.url))).await, 404);
+    assert_eq!(status(c.get(format!("{}/r/x", gw.url))).await, 200);
     // The access log (and so the metrics) is written when each response body ends.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let text = c
-        .get(format!("{}/metrics", gw.admin_url.clone().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = body_text(c.get(format!("{}/metrics", gw.admin_url.clone().unwrap()))).await;
     let s = samples(&text);
     assert_eq!(
         get(
@@ -342,14 +289,7 @@ async fn status_json_shows_routes_credentials_and_recent_requests() {
 #[tokio::test]
 async fn readiness_follows_the_credentials_routes_use() {
     let entra = MockEntra::start().await;
-    entra.respond_with(|_, _| {
-        aadsts_error(
-            401,
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided.",
-        )
-    });
+    entra.refuse_client_secret();
     let echo = MockUpstream::echo().await;
     let gw = Azgate::start(&format!(
         "{}\n{}\n[[routes]]\nprefix = \"/a\"\nupstream = \"{}\"\ncredential = \"arm\"\n",
@@ -361,22 +301,11 @@ async fn readiness_follows_the_credentials_routes_use() {
     let admin = gw.admin_url.clone().unwrap();
     let c = client();
     assert_eq!(
-        c.get(format!("{admin}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(c.get(format!("{admin}/readyz"))).await,
         200,
         "nothing failed yet"
     );
-    assert_eq!(
-        c.get(format!("{}/a/x", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        502
-    );
+    assert_eq!(status(c.get(format!("{}/a/x", gw.url))).await, 502);
     let ready = c.get(format!("{admin}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     let body = support::json(ready).await;
@@ -388,11 +317,7 @@ async fn readiness_follows_the_credentials_routes_use() {
             .contains("AADSTS7000215")
     );
     assert_eq!(
-        c.get(format!("{admin}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(c.get(format!("{admin}/healthz"))).await,
         200,
         "alive though not ready"
     );
@@ -430,14 +355,8 @@ async fn reload_swaps_routes_and_keeps_unchanged_credentials() {
     let url = gw.url.clone();
     let admin = gw.admin_url.clone().unwrap();
     let server = gw.into_server();
-    assert_eq!(
-        c.get(format!("{url}/a/x")).send().await.unwrap().status(),
-        200
-    );
-    assert_eq!(
-        c.get(format!("{url}/b/x")).send().await.unwrap().status(),
-        404
-    );
+    assert_eq!(status(c.get(format!("{url}/a/x"))).await, 200);
+    assert_eq!(status(c.get(format!("{url}/b/x"))).await, 404);
     assert_eq!(entra.call_count(), 1);
 
     // Same credential, one more route: the new route works, no token is fetched again.
@@ -471,19 +390,9 @@ async fn reload_swaps_routes_and_keeps_unchanged_credentials() {
         warnings.iter().any(|w| w.contains("server.listen")),
         "{warnings:?}"
     );
-    assert_eq!(
-        c.get(format!("{url}/a/x")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(status(c.get(format!("{url}/a/x"))).await, 200);
 
-    let text = c
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = body_text(c.get(format!("{admin}/metrics"))).await;
     let s = samples(&text);
     assert_eq!(
         get(&s, "azgate_config_reloads_total", &[("outcome", "success")]),
@@ -526,14 +435,7 @@ async fn drain_turns_readiness_off_first_then_stops_accepting() {
     let server = gw.into_server();
     server.shutdown();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        c.get(format!("{admin}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
+    assert_eq!(status(c.get(format!("{admin}/readyz"))).await, 503);
     // Within drain_delay new requests are still served (the balancer is catching up).
     let fresh = client().get(format!("{url}/fast")).send().await.unwrap();
     assert_eq!(fresh.status(), 200);
@@ -578,14 +480,7 @@ async fn the_admin_listener_has_its_own_inbound_controls() {
         .unwrap();
     assert_eq!(ok.status(), 200);
     // The proxy listener is not affected by the admin keys.
-    assert_eq!(
-        c.get(format!("{}/x", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(c.get(format!("{}/x", gw.url))).await, 200);
 
     let err = azgate::config::parse(
         "[admin]\nlisten = \"0.0.0.0:9090\"\n",

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{MockUpstream, client};
+use support::{MockUpstream, body_text, client};
 
 struct Serve {
     child: Child,
@@ -90,6 +90,17 @@ async fn status_of(url: String) -> u16 {
         .unwrap_or(0)
 }
 
+/// Sends SIGHUP to the process `pid`.
+fn sighup(pid: &str) {
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 /// Polls until `url` answers `want`, for at most 10 s.
 async fn eventually(url: &str, want: u16) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -103,14 +114,7 @@ async fn eventually(url: &str, want: u16) -> bool {
 }
 
 async fn reloads(admin: &str, outcome: &str) -> u64 {
-    let text = client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = body_text(client().get(format!("{admin}/metrics"))).await;
     text.lines()
         .find(|l| {
             l.starts_with(&format!(
@@ -166,13 +170,7 @@ async fn the_config_file_is_watched_and_sighup_reloads() {
     // SIGHUP reloads on demand (the file is valid again, unchanged since).
     std::fs::write(&path, config(&upstream.url, &["/a", "/c"])).unwrap();
     let pid = serve.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sighup(&pid);
     assert!(
         eventually(&format!("{proxy}/c/x"), 200).await,
         "SIGHUP did not reload"
@@ -181,13 +179,7 @@ async fn the_config_file_is_watched_and_sighup_reloads() {
     // Let the file watcher settle, then a SIGHUP with an unchanged file still reloads.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = reloads(&admin, "success").await;
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sighup(&pid);
     let deadline = Instant::now() + Duration::from_secs(10);
     while reloads(&admin, "success").await < before + 1 {
         assert!(

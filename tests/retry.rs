@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::scripted::{Scripted, reply};
-use support::{Azgate, client};
+use support::{Azgate, client, status};
 
 async fn gateway(upstream: &Scripted, retry: &str) -> Azgate {
     Azgate::start(&format!(
@@ -234,15 +234,7 @@ async fn gateway_timeouts_are_retried_only_for_idempotent_methods() {
 async fn statuses_outside_on_are_not_retried_and_on_can_be_changed() {
     let upstream = Scripted::start(vec![reply(503), reply(200)]).await;
     let gw = gateway(&upstream, "").await;
-    assert_eq!(
-        client()
-            .get(format!("{}/r/x", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
+    assert_eq!(status(client().get(format!("{}/r/x", gw.url))).await, 503);
     assert_eq!(upstream.count(), 1);
 
     let upstream = Scripted::start(vec![reply(503), reply(429), reply(200)]).await;
@@ -257,15 +249,7 @@ async fn statuses_outside_on_are_not_retried_and_on_can_be_changed() {
 
     let upstream = Scripted::start(vec![reply(429)]).await;
     let gw = gateway(&upstream, "max_attempts = 1").await;
-    assert_eq!(
-        client()
-            .get(format!("{}/r/x", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        429
-    );
+    assert_eq!(status(client().get(format!("{}/r/x", gw.url))).await, 429);
     assert_eq!(upstream.count(), 1);
 }
 

@@ -5,33 +5,13 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use http::{Response, StatusCode};
 use support::entra::{MockEntra, aadsts_error, v2_token};
+use support::logs::LogCapture;
 use support::video_indexer::{MockVideoIndexer, token_string};
 use support::{Azgate, MockUpstream, client, full};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
 
 const SECRETS: &[&str] = &[
     "CLIENT-SECRET-VALUE",
@@ -58,12 +38,8 @@ fn assert_clean(what: &str, text: &str) {
 // Current-thread runtime: every task runs under the scoped subscriber.
 #[tokio::test(flavor = "current_thread")]
 async fn a_full_scenario_leaks_no_secret() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(capture.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = LogCapture::default();
+    let _guard = capture.install_text(tracing::Level::TRACE);
 
     let entra = MockEntra::start().await;
     entra.respond_with(|call, n| {
@@ -219,7 +195,7 @@ async fn a_full_scenario_leaks_no_secret() {
 
     gateway.shutdown();
     gateway.wait().await;
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     assert!(
         logs.contains("token fetched") && logs.contains("AADSTS7000215"),
         "the logs are real"

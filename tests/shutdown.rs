@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Response;
-use support::{Azgate, MockUpstream, client, full};
+use support::{Azgate, MockUpstream, client, full, status};
 use tokio::sync::{Notify, mpsc};
 
 /// An upstream that reports each request and answers only when `release` is notified.
@@ -50,14 +50,7 @@ async fn in_flight_request_finishes_after_shutdown_begins() {
     .await;
     let admin = gw.admin_url.clone().unwrap();
     let c = client();
-    assert_eq!(
-        c.get(format!("{admin}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(c.get(format!("{admin}/readyz"))).await, 200);
 
     let in_flight = tokio::spawn(c.get(format!("{}/slow", gw.url)).send());
     arrived.recv().await.unwrap();
@@ -71,14 +64,7 @@ async fn in_flight_request_finishes_after_shutdown_begins() {
     let ready = c.get(format!("{admin}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("draining"));
-    assert_eq!(
-        c.get(format!("{admin}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(c.get(format!("{admin}/healthz"))).await, 200);
 
     release.notify_one();
     let response = in_flight.await.unwrap().unwrap();

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::{Response, StatusCode};
 use support::browser::{Browser, SKIP_NO_CHROMIUM};
 use support::entra::{MockEntra, aadsts_error};
-use support::{Azgate, MockUpstream, client, config_text, full};
+use support::{Azgate, MockUpstream, body_text, client, config_text, full};
 
 const SUBSCRIPTION_KEY: &str = "SUPER-SECRET-SUBSCRIPTION-KEY";
 const CLIENT_SECRET: &str = "SUPER-SECRET-CLIENT-SECRET";
@@ -395,14 +395,7 @@ async fn status_page_inserts_data_as_text_and_keeps_it_when_a_refresh_fails() {
     let (good, bad) = (MockEntra::start().await, MockEntra::start().await);
     let gw = gateway(&upstream, &good, &bad).await;
     let admin = gw.admin_url.clone().expect("admin listener");
-    let page = client()
-        .get(format!("{admin}/status"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = body_text(client().get(format!("{admin}/status"))).await;
     gw.stop().await;
     let (server, polls) = hostile_admin(page).await;
 

@@ -4,13 +4,13 @@
 
 mod support;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
 use rustls::ProtocolVersion;
+use support::logs::LogCapture;
 use support::tls::{Authority, ClientOptions, Leaf, TlsFiles, unwrap_pkcs8};
 use support::{Azgate, MockUpstream};
 use tokio::io::AsyncReadExt;
@@ -38,63 +38,6 @@ async fn wait_for_subject(client: &ClientOptions, addr: SocketAddr, subject: &st
             session.server_subject
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Log output of a scoped subscriber, as JSON lines.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(self.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-
-    fn events(&self) -> Vec<serde_json::Value> {
-        self.text()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// Waits (real time, at most `limit`) until a line after byte `from` contains `needle`.
-    async fn wait_for(&self, from: usize, needle: &str, limit: Duration) {
-        let started = Instant::now();
-        while !self.text()[from..].contains(needle) {
-            assert!(
-                started.elapsed() < limit,
-                "no \"{needle}\" in the log:\n{}",
-                self.text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
     }
 }
 
@@ -157,8 +100,8 @@ async fn https_serves_http1_and_h2_chosen_by_alpn() {
 // A current-thread runtime keeps every task on this thread, under the scoped subscriber.
 #[tokio::test(flavor = "current_thread")]
 async fn mtls_serves_only_clients_of_the_trusted_ca_and_logs_their_subject() {
-    let capture = Capture::default();
-    let _guard = capture.install();
+    let capture = LogCapture::default();
+    let _guard = capture.install_json(tracing::Level::DEBUG);
     let clients = Authority::new("azgate test client CA");
     let strangers = Authority::new("someone else's CA");
     let upstream = MockUpstream::echo().await;
@@ -221,8 +164,8 @@ async fn mtls_serves_only_clients_of_the_trusted_ca_and_logs_their_subject() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn rotated_certificates_serve_new_handshakes_while_open_connections_stay() {
-    let capture = Capture::default();
-    let _guard = capture.install();
+    let capture = LogCapture::default();
+    let _guard = capture.install_json(tracing::Level::DEBUG);
     let upstream = MockUpstream::echo().await;
     let files = TlsFiles::new("server-1", None);
     let gw = start(&files, &upstream, false, "").await;

@@ -86,6 +86,18 @@ impl MockEntra {
     }
 
     /// Replaces the responder; `n` is the 1-based number of the call.
+    /// Every token request from now on is refused as Entra ID refuses a wrong client secret.
+    pub fn refuse_client_secret(&self) {
+        self.respond_with(|_, _| {
+            aadsts_error(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided.",
+            )
+        });
+    }
+
     pub fn respond_with(
         &self,
         f: impl Fn(&TokenCall, usize) -> Response<Body> + Send + Sync + 'static,

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 pub mod browser;
 pub mod entra;
 pub mod identity;
+pub mod logs;
 pub mod scripted;
 pub mod tls;
 pub mod video_indexer;
@@ -292,6 +293,22 @@ pub fn h2c_client() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("h2c client")
+}
+
+/// Sends `request` and returns the status of its answer.
+pub async fn status(request: reqwest::RequestBuilder) -> reqwest::StatusCode {
+    request.send().await.expect("request").status()
+}
+
+/// Sends `request` and returns the body of its answer as text.
+pub async fn body_text(request: reqwest::RequestBuilder) -> String {
+    request
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body")
 }
 
 /// The JSON body of an echo (or error) response.
