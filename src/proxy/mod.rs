@@ -1,8 +1,8 @@
 //! The request path, top to bottom:
 //!
 //! ```text
-//! route -> prepare upstream request (strip, inject credential) -> send -> rewrite response
-//!       -> log
+//! inbound check -> route -> prepare upstream request (strip, inject credential)
+//!       -> send with retry -> rewrite response -> log + metrics
 //! ```
 //!
 //! `Proxy::handle` is the whole path for one request; each phase is a named function in

@@ -221,30 +221,9 @@ pub async fn json_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RouteConfig;
-    use crate::proxy::forward::UpstreamClient;
-    use std::time::Duration;
 
     fn rewriter(prefix: &str, upstream: &str, strip: bool) -> LinkRewriter {
-        let config = RouteConfig {
-            prefix: prefix.into(),
-            upstream: upstream.parse().unwrap(),
-            credential: None,
-            strip_prefix: strip,
-            methods: None,
-            set_headers: Vec::new(),
-            timeout: Duration::from_secs(1),
-            ca_roots: None,
-            retry: Default::default(),
-            max_body: 1,
-            allow_encoded_slash: false,
-            api_keys: None,
-            preset: None,
-            set_query: Vec::new(),
-            rewrite_body_links: true,
-            rewrite_body_limit: 1,
-        };
-        let route = Route::new(config, None, UpstreamClient::new(None));
+        let route = crate::proxy::route::tests::route(prefix, upstream, strip);
         LinkRewriter::new(&route, "https://gw.contoso.com/").unwrap()
     }
 

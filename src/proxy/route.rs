@@ -151,11 +151,12 @@ fn segment_match(prefix: &str, path: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
+    /// A route with defaults for everything but its prefix, upstream and `strip_prefix`.
+    pub(crate) fn route(prefix: &str, upstream: &str, strip: bool) -> Route {
         let config = RouteConfig {
             prefix: prefix.to_string(),
             upstream: upstream.parse().unwrap(),
