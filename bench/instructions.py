@@ -99,8 +99,6 @@ def main():
     builds = [b.split("=", 1) for b in args.builds] or [["this-tree", str(bench.build())]]
     out = bench.ROOT / "bench" / "out" / ("instructions-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     (out / "conf").mkdir(parents=True, exist_ok=True)
-    for d in ["body", "proxy", "fastcgi", "uwsgi", "scgi"]:
-        (out / d).mkdir(exist_ok=True)
     (out / "conf" / "nginx-upstream.conf").write_text(bench.nginx_upstream_conf(out))
     conf = out / "conf" / "azgate-static.toml"
     conf.write_text(bench.azgate_conf(bench.PORTS["azgate"], bench.STATIC_CREDENTIAL))
@@ -110,8 +108,6 @@ def main():
         token_conf.write_text(bench.azgate_conf(bench.PORTS["azgate-token"], bench.TOKEN_CREDENTIAL))
         runs.append((builds[0][0] + "-token", [builds[0][1], "serve", "-c", str(token_conf)], "azgate-token"))
     if args.peers:
-        for d in ["pbody", "pproxy", "pfastcgi", "puwsgi", "pscgi"]:
-            (out / d).mkdir(exist_ok=True)
         # One process that serves (no master), so callgrind sees the worker's instructions.
         nginx_conf = out / "conf" / "nginx-proxy.conf"
         nginx_conf.write_text("master_process off;\n" + bench.nginx_proxy_conf(out))

@@ -155,49 +155,43 @@ def oha(url, *args, timeout=120):
 # peer configs
 
 
-def nginx_upstream_conf(out):
+def nginx_conf(out, name, http_body):
+    """One nginx worker in the foreground, no access log, long keep-alive; its temp
+    directories (created here) under out/<name>-tmp."""
+    tmp = out / f"{name}-tmp"
+    for d in ["body", "proxy", "fastcgi", "uwsgi", "scgi"]:
+        (tmp / d).mkdir(parents=True, exist_ok=True)
     return f"""
 worker_processes 1;
 daemon off;
-pid {out}/nginx-upstream.pid;
-error_log {out}/nginx-upstream.err warn;
+pid {out}/{name}.pid;
+error_log {out}/{name}.err warn;
 events {{ worker_connections 30000; }}
 http {{
   access_log off;
   keepalive_requests 10000000;
   keepalive_timeout 300s;
-  client_body_temp_path {out}/body;
-  proxy_temp_path {out}/proxy;
-  fastcgi_temp_path {out}/fastcgi;
-  uwsgi_temp_path {out}/uwsgi;
-  scgi_temp_path {out}/scgi;
-  server {{
-    listen 127.0.0.1:{PORTS['upstream']} backlog=4096;
-    location / {{ default_type application/json; return 200 '{{"id":"bench","status":"Succeeded","value":[1,2,3]}}'; }}
-    location = /big {{ alias {out}/1g.bin; }}
-    location = /sink {{ client_max_body_size 0; client_body_buffer_size 1m; return 200 "ok"; }}
-  }}
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+{http_body}
 }}
 """
 
 
+def nginx_upstream_conf(out):
+    return nginx_conf(out, "nginx-upstream", f"""  server {{
+    listen 127.0.0.1:{PORTS['upstream']} backlog=4096;
+    location / {{ default_type application/json; return 200 '{{"id":"bench","status":"Succeeded","value":[1,2,3]}}'; }}
+    location = /big {{ alias {out}/1g.bin; }}
+    location = /sink {{ client_max_body_size 0; client_body_buffer_size 1m; return 200 "ok"; }}
+  }}""")
+
+
 def nginx_proxy_conf(out):
-    return f"""
-worker_processes 1;
-daemon off;
-pid {out}/nginx-proxy.pid;
-error_log {out}/nginx-proxy.err warn;
-events {{ worker_connections 30000; }}
-http {{
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  client_body_temp_path {out}/pbody;
-  proxy_temp_path {out}/pproxy;
-  fastcgi_temp_path {out}/pfastcgi;
-  uwsgi_temp_path {out}/puwsgi;
-  scgi_temp_path {out}/pscgi;
-  upstream backend {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 256; }}
+    return nginx_conf(out, "nginx-proxy", f"""  upstream backend {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 256; }}
   server {{
     listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
     location /up/ {{
@@ -207,9 +201,7 @@ http {{
       proxy_set_header Host 127.0.0.1:{PORTS['upstream']};
       proxy_set_header Authorization "{BEARER}";
     }}
-  }}
-}}
-"""
+  }}""")
 
 
 def haproxy_conf(out):
@@ -360,8 +352,6 @@ def full(args, out):
             chunk = os.urandom(1 << 20)
             for _ in range(1024):
                 f.write(chunk)
-    for d in ["body", "proxy", "fastcgi", "uwsgi", "scgi", "pbody", "pproxy", "pfastcgi", "puwsgi", "pscgi"]:
-        (out / d).mkdir(exist_ok=True)
     confs = {
         "nginx-upstream.conf": nginx_upstream_conf(out),
         "nginx-proxy.conf": nginx_proxy_conf(out),
