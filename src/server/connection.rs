@@ -1,0 +1,383 @@
+//! One client connection after accept (and the TLS handshake): HTTP/1.1 or HTTP/2 served
+//! by hyper-util's auto builder, the deadlines hyper does not keep the way azgate needs
+//! them (the wait for a request, the request head, keep-alive idle), and the connection's
+//! part in the drain (go away when the server drains, stop when it is cut).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, Sleep};
+use tokio_util::task::TaskTracker;
+
+use super::lifecycle::{Phase, reached};
+use super::listener::Shared;
+use crate::proxy::ConnInfo;
+
+/// Serves one connection until it closes, the drain closes it, or the server is cut (the
+/// caller drops this future then).
+pub(super) async fn serve_http<S>(
+    stream: S,
+    conn: ConnInfo,
+    shared: &Shared,
+    mut phase: watch::Receiver<Phase>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(Deadlines::new(stream, activity.clone(), shared));
+    let service = {
+        let proxy = shared.proxy.clone();
+        let conn = Arc::new(conn);
+        let (activity, phase) = (activity.clone(), phase.clone());
+        service_fn(move |request: Request<Incoming>| {
+            let (proxy, conn, phase) = (proxy.clone(), conn.clone(), phase.clone());
+            let http1 = request.version() < Version::HTTP_2;
+            let busy = activity.begin(request.version());
+            async move {
+                let mut response = proxy.handle(request, &conn).await;
+                // From SIGTERM on, every HTTP/1.1 response tells the client to reconnect
+                // (to a replica that stays). The connection loop also asks hyper to close,
+                // but a response built at once may be written before that lands.
+                if http1 && *phase.borrow() >= Phase::Draining {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response.map(|inner| Tracked { inner, _busy: busy }))
+            }
+        })
+    };
+    let connection = shared.builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut asked_to_go = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, "connection ended: {err}");
+                }
+                return;
+            }
+            () = go_away_due(&mut phase, &activity, shared.idle_timeout), if !asked_to_go => {
+                // HTTP/1.1: an idle connection closes now, a busy one after its response
+                // (with `Connection: close`); HTTP/2: GOAWAY, open streams finish.
+                connection.as_mut().graceful_shutdown();
+                asked_to_go = true;
+            }
+        }
+    }
+}
+
+/// Resolves when this connection should be asked to go: the server is draining and the
+/// connection has carried a request (one that has not, e.g. just accepted, is asked right
+/// after its first request arrives, so that request is still served); the server is
+/// closing; or an HTTP/2 connection has had no stream open for `idle_timeout`.
+async fn go_away_due(
+    phase: &mut watch::Receiver<Phase>,
+    activity: &Activity,
+    idle_timeout: Duration,
+) {
+    loop {
+        let now = *phase.borrow_and_update();
+        if now >= Phase::Closing || (now == Phase::Draining && activity.protocol() != UNKNOWN) {
+            return;
+        }
+        tokio::select! {
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    // The server is gone; nothing more will be asked.
+                    std::future::pending::<()>().await;
+                }
+            }
+            () = activity.until(|a| a.protocol() != UNKNOWN), if now == Phase::Draining => {}
+            () = activity.h2_idle_for(idle_timeout) => return,
+        }
+    }
+}
+
+const UNKNOWN: u8 = 0;
+const HTTP1: u8 = 1;
+const HTTP2: u8 = 2;
+
+/// What a connection is doing, shared by its service (which sees requests start and
+/// responses end), its deadlines and its drain.
+#[derive(Default)]
+struct Activity {
+    /// Requests whose response has not finished.
+    busy: AtomicUsize,
+    /// Requests finished so far; a change tells the deadlines a new wait began.
+    finished: AtomicU64,
+    /// UNKNOWN until the first request, then HTTP1 or HTTP2.
+    protocol: AtomicU8,
+    /// Woken on the first request and, for HTTP/2, when it turns busy or idle.
+    changed: Notify,
+}
+
+impl Activity {
+    fn protocol(&self) -> u8 {
+        self.protocol.load(Ordering::Acquire)
+    }
+
+    fn begin(self: &Arc<Self>, version: Version) -> BusyGuard {
+        let was_idle = self.busy.fetch_add(1, Ordering::AcqRel) == 0;
+        let first = self.protocol() == UNKNOWN;
+        if first {
+            let protocol = if version == Version::HTTP_2 {
+                HTTP2
+            } else {
+                HTTP1
+            };
+            self.protocol.store(protocol, Ordering::Release);
+        }
+        // Waiters exist only for the first request and for HTTP/2 idleness: HTTP/1.1
+        // requests after the first wake nobody (no lock on the hot path).
+        if first || (was_idle && self.protocol() == HTTP2) {
+            self.changed.notify_waiters();
+        }
+        BusyGuard(self.clone())
+    }
+
+    /// Resolves once `done` holds; checked again on every change.
+    async fn until(&self, done: impl Fn(&Self) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Resolves once an HTTP/2 connection has had no stream open for `limit`.
+    async fn h2_idle_for(&self, limit: Duration) {
+        loop {
+            self.until(|a| a.protocol() == HTTP2 && a.busy.load(Ordering::Acquire) == 0)
+                .await;
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.busy.load(Ordering::Acquire) != 0 {
+                continue;
+            }
+            if tokio::time::timeout(limit, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Held by a response body: the request counts as busy until its response is finished.
+struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity.finished.fetch_add(1, Ordering::AcqRel);
+        let now_idle = activity.busy.fetch_sub(1, Ordering::AcqRel) == 1;
+        if now_idle && activity.protocol() == HTTP2 {
+            activity.changed.notify_waiters();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as busy until it is finished (or
+/// dropped), so a long download is not mistaken for an idle connection.
+pub(super) struct Tracked<B> {
+    inner: B,
+    _busy: BusyGuard,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// HTTP/2 streams run as tasks of their own (hyper spawns them); this executor keeps them
+/// owned by the server: counted in the drain's task tracker and dropped when the server is
+/// cut, so a cut request still writes its access-log line before the process exits.
+#[derive(Clone)]
+pub(super) struct StreamExecutor {
+    pub(super) tasks: TaskTracker,
+    pub(super) phase: watch::Receiver<Phase>,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let mut phase = self.phase.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = stream => {}
+                () = reached(&mut phase, Phase::Cut) => {}
+            }
+        });
+    }
+}
+
+/// The deadlines of an HTTP/1.1 connection (and of any connection before its first
+/// request), kept on its reads, because hyper's header timeout starts when the connection
+/// turns idle and so cannot tell a keep-alive wait from a slow request head:
+///
+/// - waiting for a request: `header_timeout` for the first one on a connection,
+///   `idle_timeout` between keep-alive requests;
+/// - a request head, from its first byte: `header_timeout` (slowloris).
+///
+/// While a request is busy no deadline runs (the body has its own idle limit). Once the
+/// connection is known to be HTTP/2 these stop; its idleness is handled by GOAWAY.
+struct Deadlines<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    /// When the current wait for a request began.
+    waiting_since: Instant,
+    /// When the current request head's first byte arrived.
+    head_since: Option<Instant>,
+    /// `activity.finished` when the current wait began.
+    finished: u64,
+    /// No request has been served yet.
+    first: bool,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Deadlines<S> {
+    fn new(inner: S, activity: Arc<Activity>, shared: &Shared) -> Self {
+        Self {
+            inner,
+            activity,
+            header_timeout: shared.handshake_timeout,
+            idle_timeout: shared.idle_timeout,
+            waiting_since: Instant::now(),
+            head_since: None,
+            finished: 0,
+            first: true,
+            sleep: None,
+        }
+    }
+
+    /// The deadline now in force, if any, after a read that returned `got_data`.
+    fn deadline(&mut self, got_data: bool) -> Option<Instant> {
+        if self.activity.protocol() == HTTP2 || self.activity.busy.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let finished = self.activity.finished.load(Ordering::Acquire);
+        if finished != self.finished {
+            // A response finished since the last look: a new keep-alive wait begins.
+            self.finished = finished;
+            self.first = false;
+            self.waiting_since = Instant::now();
+            self.head_since = None;
+        }
+        if got_data && self.head_since.is_none() {
+            self.head_since = Some(Instant::now());
+        }
+        Some(match self.head_since {
+            Some(head) => head + self.header_timeout,
+            None if self.first => self.waiting_since + self.header_timeout,
+            None => self.waiting_since + self.idle_timeout,
+        })
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let got_data = matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before;
+        let deadline = self.deadline(got_data);
+        if polled.is_ready() {
+            return polled;
+        }
+        let Some(deadline) = deadline else {
+            return polled;
+        };
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        if sleep.as_mut().poll(cx).is_ready() {
+            let what = if self.head_since.is_some() {
+                "the client did not finish its request head within the header timeout"
+            } else {
+                "the connection sat idle past its timeout"
+            };
+            return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, what)));
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
