@@ -98,7 +98,8 @@ impl Lifecycle {
             next.server.allow_unauthenticated,
         ) {
             problems.push(format!(
-                "server.listen: still bound to {}: {problem}",
+                "server.listen: the proxy listener is still bound to {} (a listen change needs \
+                 a restart), and {problem}",
                 self.proxy.addr
             ));
         }
@@ -107,7 +108,8 @@ impl Lifecycle {
                 exposed_admin(admin.addr, &next.admin.inbound, admin.tls.as_ref())
         {
             problems.push(format!(
-                "admin.listen: still bound to {}: {problem}",
+                "admin.listen: the admin listener is still bound to {} (a listen change needs \
+                 a restart), and {problem}",
                 admin.addr
             ));
         }
