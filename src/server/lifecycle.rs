@@ -55,6 +55,9 @@ pub struct Lifecycle {
     proxy: Bound,
     admin: Option<Bound>,
     phase: watch::Sender<Phase>,
+    /// Set by a second signal. The drain, not the signal, moves the phase to `Cut`, so it
+    /// can count what it cuts before the connections react.
+    hurry: watch::Sender<bool>,
 }
 
 impl Lifecycle {
@@ -63,7 +66,19 @@ impl Lifecycle {
             proxy,
             admin,
             phase: watch::Sender::new(Phase::Serving),
+            hurry: watch::Sender::new(false),
         }
+    }
+
+    /// Asks for the shutdown to skip what is left of `drain_delay` and `shutdown_grace`.
+    pub fn hurry(&self) {
+        self.advance(Phase::Draining);
+        self.hurry.send_replace(true);
+    }
+
+    /// Resolves once `hurry` was called.
+    pub async fn hurried(&self) {
+        let _ = self.hurry.subscribe().wait_for(|h| *h).await;
     }
 
     pub fn phase(&self) -> Phase {

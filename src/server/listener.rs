@@ -46,8 +46,8 @@ pub struct Connections {
 
 impl Connections {
     /// Waits for the connections to finish their requests and close (the lifecycle is
-    /// `Closing`, so each has been asked to), at most `grace`, or until the server is cut
-    /// (a second signal). What is still open then is cut: each cut request writes its
+    /// `Closing`, so each has been asked to), at most `grace`, or until a second signal
+    /// hurries it. What is still open then is cut: each cut request writes its
     /// access-log line with `complete=false`. Returns how many requests were cut.
     pub async fn drain(self, grace: Duration, lifecycle: &Lifecycle) -> i64 {
         self.tasks.close();
@@ -57,11 +57,10 @@ impl Connections {
             "draining: waiting up to {} for requests in flight",
             humantime::format_duration(grace)
         );
-        let mut phase = lifecycle.watch();
         let finished = tokio::select! {
             () = self.tasks.wait() => true,
             () = tokio::time::sleep(grace) => false,
-            () = reached(&mut phase, Phase::Cut) => false,
+            () = lifecycle.hurried() => false,
         };
         if finished {
             tracing::info!("all connections closed");

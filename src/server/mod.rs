@@ -72,7 +72,7 @@ pub struct ShutdownHandle(Arc<Lifecycle>);
 impl ShutdownHandle {
     /// As `RunningServer::shutdown_now`.
     pub fn shutdown_now(&self) {
-        self.0.advance(Phase::Cut);
+        self.0.hurry();
     }
 }
 
@@ -94,7 +94,7 @@ impl RunningServer {
     /// Stops at once (a second SIGTERM or Ctrl-C): whatever is in flight is cut, each cut
     /// request logged; `wait` then returns promptly.
     pub fn shutdown_now(&self) {
-        self.lifecycle.advance(Phase::Cut);
+        self.lifecycle.hurry();
     }
 
     /// A handle for `shutdown_now` while `wait` holds the server.
@@ -314,7 +314,7 @@ async fn run(
         );
         tokio::select! {
             () = tokio::time::sleep(timing.drain_delay) => {}
-            () = reached(&mut phase, Phase::Cut) => {}
+            () = lifecycle.hurried() => {}
         }
     }
     lifecycle.advance(Phase::Closing);
