@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Request, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -125,6 +126,10 @@ struct Activity {
     protocol: AtomicU8,
     /// Woken on the first request and, for HTTP/2, when it turns busy or idle.
     changed: Notify,
+    /// The reader that last saw the connection busy: it has no deadline running, so it is
+    /// woken when the connection turns idle, to start one (hyper may poll the read side
+    /// before it drops the finished response body).
+    reader: AtomicWaker,
 }
 
 impl Activity {
@@ -190,8 +195,12 @@ impl Drop for BusyGuard {
         let activity = &self.0;
         activity.finished.fetch_add(1, Ordering::AcqRel);
         let now_idle = activity.busy.fetch_sub(1, Ordering::AcqRel) == 1;
-        if now_idle && activity.protocol() == HTTP2 {
-            activity.changed.notify_waiters();
+        if now_idle {
+            if activity.protocol() == HTTP2 {
+                activity.changed.notify_waiters();
+            } else {
+                activity.reader.wake();
+            }
         }
     }
 }
@@ -290,9 +299,16 @@ impl<S> Deadlines<S> {
     }
 
     /// The deadline now in force, if any, after a read that returned `got_data`.
-    fn deadline(&mut self, got_data: bool) -> Option<Instant> {
-        if self.activity.protocol() == HTTP2 || self.activity.busy.load(Ordering::Acquire) > 0 {
+    fn deadline(&mut self, got_data: bool, cx: &Context<'_>) -> Option<Instant> {
+        if self.activity.protocol() == HTTP2 {
             return None;
+        }
+        if self.activity.busy.load(Ordering::Acquire) > 0 {
+            self.activity.reader.register(cx.waker());
+            // Turned idle meanwhile: the wake may have gone to the previous waker.
+            if self.activity.busy.load(Ordering::Acquire) > 0 {
+                return None;
+            }
         }
         let finished = self.activity.finished.load(Ordering::Acquire);
         if finished != self.finished {
@@ -322,7 +338,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let got_data = matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before;
-        let deadline = self.deadline(got_data);
+        let deadline = self.deadline(got_data, cx);
         if polled.is_ready() {
             return polled;
         }
