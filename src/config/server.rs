@@ -363,3 +363,29 @@ fn public_url(text: &str) -> Result<http::Uri, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::listeners_collide;
+
+    #[test]
+    fn listeners_collide_on_the_same_port_and_overlapping_addresses() {
+        let cases = [
+            ("127.0.0.1:8080", "127.0.0.1:8080", true),
+            ("0.0.0.0:8080", "127.0.0.1:8080", true),
+            ("127.0.0.1:8080", "0.0.0.0:8080", true),
+            ("[::]:8080", "127.0.0.1:8080", true),
+            ("[::]:8080", "[::1]:8080", true),
+            ("[::ffff:127.0.0.1]:8080", "127.0.0.1:8080", true),
+            ("0.0.0.0:8080", "[::1]:8080", false),
+            ("127.0.0.1:8080", "127.0.0.2:8080", false),
+            ("127.0.0.1:8080", "127.0.0.1:9090", false),
+            ("127.0.0.1:0", "127.0.0.1:0", false),
+            ("0.0.0.0:0", "0.0.0.0:0", false),
+        ];
+        for (a, b, want) in cases {
+            let (a, b) = (a.parse().unwrap(), b.parse().unwrap());
+            assert_eq!(listeners_collide(a, b), want, "{a} vs {b}");
+        }
+    }
+}
