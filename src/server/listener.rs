@@ -133,12 +133,13 @@ pub async fn accept_until(
             accepted = accept(&listener, &limit) => match accepted {
                 Ok((stream, peer, permit)) => {
                     backoff.succeeded();
-                    let mut cut = phase.clone();
-                    let connection = serve(stream, peer, permit, shared.clone(), phase.clone());
-                    // Dropped when the server is cut, handshake included.
+                    let (shared, phase, mut cut) = (shared.clone(), phase.clone(), phase.clone());
+                    // Dropped when the server is cut, handshake included. The connection
+                    // future is made inside `select!`: a future made before it would take
+                    // its (several KiB) space twice in the task.
                     tasks.spawn(async move {
                         tokio::select! {
-                            () = connection => {}
+                            () = serve(stream, peer, permit, shared, phase) => {}
                             () = reached(&mut cut, Phase::Cut) => {}
                         }
                     });
