@@ -4,6 +4,7 @@
 //! server is in live in `lifecycle`, which reload and shutdown both consult.
 
 mod connection;
+mod deadlines;
 pub mod lifecycle;
 mod limits;
 mod listener;
