@@ -70,11 +70,16 @@ impl Connections {
         lifecycle.advance(Phase::Cut);
         // Every connection and stream task stops at `Cut`; their requests log as they drop.
         self.tasks.wait().await;
-        tracing::warn!(
-            cut,
-            "shutdown: {cut} request(s) still in flight were cut (grace {}; see the access-log lines with complete=false)",
-            humantime::format_duration(grace)
-        );
+        if cut > 0 {
+            tracing::warn!(
+                cut,
+                "shutdown: {cut} request(s) still in flight were cut (grace {}; see the \
+                 access-log lines with complete=false)",
+                humantime::format_duration(grace)
+            );
+        } else {
+            tracing::info!("closed the remaining idle connections");
+        }
         cut
     }
 }
