@@ -4,7 +4,7 @@
 The schemas (kubernetes-validate, the compose spec) prove each document is well-formed;
 this checks that the documents agree with each other and with azgate's config: probes on
 the admin port of the mounted proxy.toml, a termination grace period longer than
-drain_delay + shutdown_grace, the ConfigMap mounted as a directory (so reloads happen),
+drain_delay + shutdown_grace, a memory limit that holds server.max_connections, the ConfigMap mounted as a directory (so reloads happen),
 selectors that match the pod labels, the hardening the README promises, and compose
 services that mount their config read-only and run `azgate health`.
 
@@ -37,6 +37,32 @@ def seconds(text):
         raise ValueError(f"unreadable duration {text!r}")
     value, unit = int(match.group(1)), match.group(2)
     return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+# Measured with deploy/measure-connection-memory.py on a release build (README, "Sizing"):
+# 37.9 KiB per idle keep-alive connection, 44.2 KiB with TLS, ~21 MiB at rest. Rounded up.
+MIB = 1024 * 1024
+BASE_MEMORY = 32 * MIB
+PER_CONNECTION = 40 * 1024
+PER_TLS_CONNECTION = 48 * 1024
+# Request bodies held for retry (1 MiB each by default) and other transient buffers.
+BUFFER_HEADROOM = 64 * MIB
+DEFAULT_MAX_CONNECTIONS = 10000
+
+
+def quantity(text):
+    """A Kubernetes memory quantity ("256Mi", "1Gi", "512M") in bytes."""
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi|K|M|G)?", str(text))
+    if not match:
+        raise ValueError(f"unreadable quantity {text!r}")
+    units = {None: 1, "Ki": 1024, "Mi": MIB, "Gi": 1024 * MIB, "K": 1000, "M": 1000**2, "G": 1000**3}
+    return int(match.group(1)) * units[match.group(2)]
+
+
+def memory_needed(server):
+    connections = server.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+    per_connection = PER_TLS_CONNECTION if "tls" in server else PER_CONNECTION
+    return BASE_MEMORY + connections * per_connection + BUFFER_HEADROOM
 
 
 def port_of(listen):
@@ -136,6 +162,13 @@ def check_kubernetes():
     for kind in ("requests", "limits"):
         for resource in ("cpu", "memory"):
             check(resource in resources.get(kind, {}), f"no {kind}.{resource}")
+    limit = resources.get("limits", {}).get("memory")
+    if limit is not None:
+        needed = memory_needed(config["server"])
+        check(quantity(limit) >= needed,
+              f"limits.memory {limit} cannot hold server.max_connections = "
+              f"{config['server'].get('max_connections', DEFAULT_MAX_CONNECTIONS)}: "
+              f"{needed / MIB:.0f}Mi needed (README, \"Sizing\")")
 
     # Workload identity.
     check(labels.get("azure.workload.identity/use") == "true",

@@ -362,10 +362,31 @@ fn serve(source: ConfigSource) -> ExitCode {
                 }
             }
         };
-        tracing::info!("{signal} received: shutting down");
+        tracing::info!("{signal} received: shutting down (send it again to stop at once)");
         running.shutdown();
-        running.wait().await;
-        ExitCode::SUCCESS
+        let stop_now = running.shutdown_handle();
+        let waiting = running.wait();
+        tokio::pin!(waiting);
+        let drained = loop {
+            tokio::select! {
+                drained = &mut waiting => break drained,
+                request = signals.next() => match request {
+                    server::shutdown::Request::Shutdown(again) => {
+                        tracing::warn!("{again} received again: stopping now, cutting what is in flight");
+                        stop_now.shutdown_now();
+                    }
+                    server::shutdown::Request::Reload => {
+                        tracing::info!("SIGHUP ignored: shutting down");
+                    }
+                },
+            }
+        };
+        // Cut requests are a failed shutdown for whoever watches the exit status.
+        if drained.cut > 0 {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
     })
 }
 

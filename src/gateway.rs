@@ -20,6 +20,8 @@ pub struct Gateway {
     pub credentials: CredentialSet,
     /// Inbound keys and address allow-list of the proxy listener.
     pub access: AccessPolicy,
+    /// The same for the admin listener (`[admin.inbound]`).
+    pub admin_access: AccessPolicy,
 }
 
 impl Gateway {
@@ -36,6 +38,7 @@ impl Gateway {
             previous.map(|p| (&p.config.credentials, &p.credentials)),
         );
         let access = AccessPolicy::new(&config.server.inbound);
+        let admin_access = AccessPolicy::new(&config.admin.inbound);
         // Routes share one pooled client unless they trust a private CA: one pool per
         // trust configuration keeps connections reusable across routes to the same host.
         let shared = UpstreamClient::new(None);
@@ -64,6 +67,7 @@ impl Gateway {
             router: Router::new(routes),
             credentials,
             access,
+            admin_access,
         }
     }
 }

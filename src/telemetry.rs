@@ -211,6 +211,11 @@ impl Telemetry {
         InflightGuard(self.clone())
     }
 
+    /// Requests in flight now (those whose access-log line is not written yet).
+    pub fn inflight_requests(&self) -> i64 {
+        self.inflight.get()
+    }
+
     /// Counts an open client connection until the guard drops.
     pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
         self.connections.inc();

@@ -430,9 +430,11 @@ async fn a_primary_key_refused_fails_over_to_the_secondary_until_reload() {
     // A reload puts the primary back in use.
     let url = gw.url.clone();
     let server = gw.into_server();
-    server.apply(
-        azgate::config::parse(&text, "t.toml", std::path::Path::new("."), &|_| None).unwrap(),
-    );
+    server
+        .apply(
+            azgate::config::parse(&text, "t.toml", std::path::Path::new("."), &|_| None).unwrap(),
+        )
+        .unwrap();
     let third = c.get(format!("{url}/apim/orders")).send().await.unwrap();
     assert_eq!(third.headers()["x-azgate-attempts"], "2");
     assert_eq!(seen.lock().unwrap()[3], "OLD-KEY-0001");

@@ -157,3 +157,35 @@ fn serve_logs_each_listener_and_exits_0_on_sigterm() {
     };
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn check_refuses_listeners_that_would_collide() {
+    for (server, admin) in [
+        ("127.0.0.1:18080", "127.0.0.1:18080"),
+        ("127.0.0.1:18080", "0.0.0.0:18080"),
+    ] {
+        let (_dir, path) = write_config(&format!(
+            "[server]\nlisten = \"{server}\"\n[admin]\nlisten = \"{admin}\"\n\
+             [admin.inbound]\nallow = [\"10.0.0.0/8\"]\n"
+        ));
+        let out = azgate().args(["check", "-c"]).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{server} vs {admin}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "admin.listen: {admin} collides with server.listen = {server}"
+            )),
+            "{stderr}"
+        );
+    }
+    // Port 0 asks for a fresh port each time: never a collision.
+    let (_dir, path) =
+        write_config("[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let out = azgate().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

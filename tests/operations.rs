@@ -360,7 +360,7 @@ async fn reload_swaps_routes_and_keeps_unchanged_credentials() {
     assert_eq!(entra.call_count(), 1);
 
     // Same credential, one more route: the new route works, no token is fetched again.
-    let warnings = server.apply(config("app-1", true));
+    let warnings = server.apply(config("app-1", true)).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     let echoed = support::json(c.get(format!("{url}/b/x")).send().await.unwrap()).await;
     assert_eq!(
@@ -374,7 +374,7 @@ async fn reload_swaps_routes_and_keeps_unchanged_credentials() {
     );
 
     // A changed credential is rebuilt and fetches its own token.
-    server.apply(config("app-2", true));
+    server.apply(config("app-2", true)).unwrap();
     let echoed = support::json(c.get(format!("{url}/a/x")).send().await.unwrap()).await;
     assert_eq!(
         support::seen(&echoed, "authorization"),
@@ -385,7 +385,7 @@ async fn reload_swaps_routes_and_keeps_unchanged_credentials() {
     // Listener changes are reported, not applied.
     let mut moved = config("app-2", true);
     moved.server.listen = "127.0.0.1:1".parse().unwrap();
-    let warnings = server.apply(moved);
+    let warnings = server.apply(moved).unwrap();
     assert!(
         warnings.iter().any(|w| w.contains("server.listen")),
         "{warnings:?}"

@@ -4,26 +4,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use support::binary::Serve;
 use support::{MockUpstream, body_text, client};
-
-struct Serve {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    proxy: String,
-    admin: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn config(upstream: &str, routes: &[&str]) -> String {
     let mut text = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n".to_string();
@@ -42,45 +26,6 @@ fn replace(path: &std::path::Path, text: &str) {
     std::fs::rename(&aside, path).unwrap();
 }
 
-fn serve(path: &std::path::Path) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_azgate"))
-        .args(["serve", "-c"])
-        .arg(path)
-        .env_remove("AZGATE_CONFIG")
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut proxy, mut admin) = (None, None);
-    while proxy.is_none() || admin.is_none() {
-        let line = lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("listener lines");
-        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        let addr = event["addr"].as_str().map(|a| format!("http://{a}"));
-        let message = event["message"].as_str().unwrap_or_default();
-        if message.starts_with("proxy listening") {
-            proxy = addr;
-        } else if message.starts_with("admin listening") {
-            admin = addr;
-        }
-    }
-    Serve {
-        child,
-        lines,
-        proxy: proxy.unwrap(),
-        admin: admin.unwrap(),
-    }
-}
-
 async fn status_of(url: String) -> u16 {
     client()
         .get(url)
@@ -88,17 +33,6 @@ async fn status_of(url: String) -> u16 {
         .await
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
-}
-
-/// Sends SIGHUP to the process `pid`.
-fn sighup(pid: &str) {
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", pid])
-            .status()
-            .unwrap()
-            .success()
-    );
 }
 
 /// Polls until `url` answers `want`, for at most 10 s.
@@ -132,8 +66,8 @@ async fn the_config_file_is_watched_and_sighup_reloads() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, config(&upstream.url, &["/a"])).unwrap();
-    let serve = serve(&path);
-    let (proxy, admin) = (serve.proxy.clone(), serve.admin.clone());
+    let mut serve = Serve::start(&path);
+    let (proxy, admin) = (serve.proxy.clone(), serve.admin.clone().unwrap());
     assert_eq!(status_of(format!("{proxy}/a/x")).await, 200);
     assert_eq!(status_of(format!("{proxy}/b/x")).await, 404);
 
@@ -163,14 +97,15 @@ async fn the_config_file_is_watched_and_sighup_reloads() {
         200,
         "the running config must stay"
     );
-    let refused = std::iter::from_fn(|| serve.lines.try_recv().ok())
+    let refused = serve
+        .drain_lines()
+        .iter()
         .any(|l| l.contains("config reload refused") && l.contains("prefx"));
     assert!(refused, "the refusal and its reason are logged");
 
     // SIGHUP reloads on demand (the file is valid again, unchanged since).
     std::fs::write(&path, config(&upstream.url, &["/a", "/c"])).unwrap();
-    let pid = serve.child.id().to_string();
-    sighup(&pid);
+    serve.signal("HUP");
     assert!(
         eventually(&format!("{proxy}/c/x"), 200).await,
         "SIGHUP did not reload"
@@ -179,7 +114,7 @@ async fn the_config_file_is_watched_and_sighup_reloads() {
     // Let the file watcher settle, then a SIGHUP with an unchanged file still reloads.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = reloads(&admin, "success").await;
-    sighup(&pid);
+    serve.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     while reloads(&admin, "success").await < before + 1 {
         assert!(
@@ -188,4 +123,133 @@ async fn the_config_file_is_watched_and_sighup_reloads() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+const KEY: &str = "team-key-0123456789abcdef";
+
+fn public_config(upstream: &str, listen: &str, inbound: bool) -> String {
+    let mut text = format!(
+        "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"{upstream}\"\n"
+    );
+    if inbound {
+        text.push_str(&format!("[server.inbound]\napi_keys = [\"{KEY}\"]\n"));
+    }
+    text
+}
+
+/// The issue's reproduction: a reload that moves `listen` to loopback (which needs a
+/// restart) and drops `[server.inbound]` must not leave the still-bound 0.0.0.0 socket
+/// open to anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_cannot_remove_inbound_auth_from_a_publicly_bound_listener() {
+    let upstream = MockUpstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, public_config(&upstream.url, "0.0.0.0:0", true)).unwrap();
+    let mut serve = Serve::start(&path);
+    let proxy = serve.proxy.replace("0.0.0.0", "127.0.0.1");
+    let admin = serve.admin.clone().unwrap();
+    assert_eq!(status_of(format!("{proxy}/x")).await, 401);
+
+    replace(&path, &public_config(&upstream.url, "127.0.0.1:0", false));
+    let line = serve.wait_for_line("config reload refused", Duration::from_secs(10));
+    assert!(
+        line.contains("server.listen: the proxy listener is still bound to 0.0.0.0:"),
+        "{line}"
+    );
+    assert_eq!(reloads(&admin, "failure").await, 1);
+    assert_eq!(reloads(&admin, "success").await, 0);
+    assert_eq!(
+        status_of(format!("{proxy}/x")).await,
+        401,
+        "the running config (with its keys) stays"
+    );
+    let with_key = client()
+        .get(format!("{proxy}/x"))
+        .header("x-azgate-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_key.status(), 200);
+
+    // The same config with its key is fine: the listen change is reported, not applied.
+    replace(
+        &path,
+        &format!(
+            "{}[server.inbound]\napi_keys = [\"{KEY}\"]\n",
+            public_config(&upstream.url, "127.0.0.1:0", false)
+        ),
+    );
+    serve.wait_for_line("server.listen changed; restart", Duration::from_secs(10));
+    assert_eq!(reloads(&admin, "success").await, 1);
+}
+
+#[tokio::test]
+async fn the_reload_check_uses_the_bound_addresses_and_the_tls_in_effect() {
+    let upstream = MockUpstream::echo().await;
+    let route = format!(
+        "[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\n",
+        upstream.url
+    );
+    let started = format!(
+        "[server]\nlisten = \"0.0.0.0:0\"\n[server.inbound]\napi_keys = [\"{KEY}\"]\n\
+         [admin]\nlisten = \"0.0.0.0:0\"\n[admin.inbound]\nallow = [\"127.0.0.0/8\"]\n{route}"
+    );
+    let gw =
+        support::Azgate::start_with(&started, std::path::Path::new("."), &Default::default()).await;
+    let admin = gw
+        .admin_url
+        .clone()
+        .unwrap()
+        .replace("0.0.0.0", "127.0.0.1");
+    let server = gw.into_server();
+    let parse = |text: &str| {
+        azgate::config::parse(text, "t.toml", std::path::Path::new("."), &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+
+    // Both listeners moved to loopback in the file, both controls gone: refused, for each.
+    let err = server
+        .apply(parse(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{route}"
+        )))
+        .unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+    assert!(
+        err.problems[0].starts_with("server.listen: the proxy listener is still bound to 0.0.0.0:"),
+        "{err}"
+    );
+    assert!(
+        err.problems[1].starts_with("admin.listen: the admin listener is still bound to 0.0.0.0:"),
+        "{err}"
+    );
+
+    // As at start, allow_unauthenticated accepts an open proxy listener; the admin listener
+    // keeps its allow-list, which now follows reloads.
+    let warnings = server
+        .apply(parse(&format!(
+            "[server]\nlisten = \"0.0.0.0:0\"\nallow_unauthenticated = true\n\
+             [admin]\nlisten = \"0.0.0.0:0\"\n[admin.inbound]\napi_keys = [\"{KEY}\"]\n{route}"
+        )))
+        .unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        status_of(format!("{admin}/healthz")).await,
+        401,
+        "the reloaded [admin.inbound] is in effect"
+    );
+
+    let text = body_text(
+        client()
+            .get(format!("{admin}/metrics"))
+            .header("x-azgate-key", KEY),
+    )
+    .await;
+    assert!(
+        text.contains("azgate_config_reloads_total{outcome=\"failure\"} 1"),
+        "{text}"
+    );
+    server.shutdown();
+    server.wait().await;
 }

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::gateway::Gateway;
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::headers::AZGATE_KEY;
-use crate::proxy::inbound::access::{AccessPolicy, KeyDigest};
+use crate::proxy::inbound::access::KeyDigest;
 use crate::server::TlsTerminatorHandle;
 use crate::telemetry::Telemetry;
 
@@ -46,8 +46,8 @@ impl Health {
 pub struct AdminState {
     pub health: Arc<Health>,
     pub telemetry: Arc<Telemetry>,
+    /// The hot state; its `admin_access` decides who may call (it follows reloads).
     pub gateway: Arc<ArcSwap<Gateway>>,
-    pub access: AccessPolicy,
     pub tls: Option<TlsTerminatorHandle>,
 }
 
@@ -122,19 +122,21 @@ fn respond(
     peer: SocketAddr,
     state: &AdminState,
 ) -> Response<ProxyBody> {
-    let client = state.access.client_addr(peer.ip(), request.headers());
-    if !state.access.address_allowed(client) {
+    let gateway = state.gateway.load();
+    let access = &gateway.admin_access;
+    let client = access.client_addr(peer.ip(), request.headers());
+    if !access.address_allowed(client) {
         return json(
             StatusCode::FORBIDDEN,
             error_body("forbidden", "this address may not use the admin endpoints"),
         );
     }
-    if state.access.requires_key() {
+    if access.requires_key() {
         let key = request
             .headers()
             .get(AZGATE_KEY)
             .map(|v| KeyDigest::of(v.as_bytes()));
-        if !key.is_some_and(|k| state.access.key_accepted(&k)) {
+        if !key.is_some_and(|k| access.key_accepted(&k)) {
             let mut response = json(
                 StatusCode::UNAUTHORIZED,
                 error_body(

@@ -28,6 +28,7 @@ use crate::secret::Secret;
 
 pub use credentials::read_client_certificate;
 pub use error::{ConfigError, Problem};
+pub use server::{exposed_admin, exposed_proxy};
 pub use units::{parse_duration, parse_size};
 
 /// The configuration used when no file is given: ARM through the `default` credential, so
@@ -79,12 +80,20 @@ pub struct ServerConfig {
     /// After SIGTERM, `/readyz` turns 503 at once but the listener keeps serving this
     /// long, so a load balancer can take azgate out of rotation first (default 0).
     pub drain_delay: Duration,
-    /// A client must send its request line and headers within this time (slowloris).
+    /// A client must send its request line and headers within this time, counted from
+    /// their first byte (slowloris); also bounds the TLS handshake and the wait for the
+    /// first request on a new connection.
     pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request (HTTP/1.1) or sit
+    /// with no stream open (HTTP/2, closed with GOAWAY). Default 75 s.
+    pub idle_timeout: Duration,
     /// Longest pause allowed while a client sends its request body.
     pub body_idle_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Length of the proxy listener's accept queue; `None` takes the system's
+    /// `net.core.somaxconn` at start (the kernel caps any value at it anyway).
+    pub backlog: Option<u32>,
     /// HTTPS on the proxy listener.
     pub tls: Option<TlsConfig>,
     pub inbound: InboundConfig,

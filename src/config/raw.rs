@@ -21,8 +21,10 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
     pub drain_delay: Option<String>,
     pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
     pub body_idle_timeout: Option<String>,
     pub max_connections: Option<usize>,
+    pub backlog: Option<u32>,
     pub tls: Option<toml::Table>,
     pub inbound: Option<toml::Table>,
 }

@@ -20,6 +20,12 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Longer than the 60 s idle timeout common in client pools and load balancers, so the
+/// client side closes an idle connection first and never sends into one azgate is closing
+/// (nginx's `keepalive_timeout` default, for the same reason).
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// The kernel caps a listen backlog at `net.core.somaxconn` (65535 at most on Linux).
+const MAX_BACKLOG: u32 = 65_535;
 
 /// `[server.tls]`.
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +78,17 @@ pub fn validate(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> Ser
         "body_idle_timeout",
         DEFAULT_BODY_IDLE_TIMEOUT,
     );
+    let idle_timeout = duration(raw.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT);
+    let backlog = match raw.backlog {
+        Some(n) if n == 0 || n > MAX_BACKLOG => {
+            problems.push(
+                "server.backlog",
+                format!("must be between 1 and {MAX_BACKLOG}"),
+            );
+            None
+        }
+        other => other,
+    };
     let max_connections = match raw.max_connections {
         Some(0) => {
             problems.push("server.max_connections", "must be at least 1");
@@ -100,18 +117,8 @@ pub fn validate(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> Ser
         None => Duration::ZERO,
     };
 
-    if !listen.ip().is_loopback() && !controlled(&inbound, tls.as_ref()) && !allow_unauthenticated {
-        problems.push(
-            "server.listen",
-            format!(
-                "{listen} is reachable from other machines, and without inbound access control \
-                 anyone who reaches it can use azgate's Azure credentials. Add one of \
-                 [server.inbound] api_keys (clients send x-azgate-key), [server.inbound] allow \
-                 (client CIDRs) or [server.tls] client_ca (mTLS); or set \
-                 server.allow_unauthenticated = true if something in front of azgate already \
-                 restricts access"
-            ),
-        );
+    if let Some(problem) = exposed_proxy(listen, &inbound, tls.as_ref(), allow_unauthenticated) {
+        problems.push("server.listen", problem);
     }
     ServerConfig {
         listen,
@@ -120,11 +127,65 @@ pub fn validate(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> Ser
         shutdown_grace,
         drain_delay,
         header_timeout,
+        idle_timeout,
         body_idle_timeout,
         max_connections,
+        backlog,
         tls,
         inbound,
     }
+}
+
+/// The safe-bind rule of the proxy listener: an address reachable from other machines
+/// needs an inbound control, unless `allow_unauthenticated` says something in front
+/// restricts access. Checked at start against the configured address and on reload
+/// against the address actually bound. Returns the problem, if any.
+pub fn exposed_proxy(
+    listen: SocketAddr,
+    inbound: &InboundConfig,
+    tls: Option<&TlsConfig>,
+    allow_unauthenticated: bool,
+) -> Option<String> {
+    (!listen.ip().is_loopback() && !controlled(inbound, tls) && !allow_unauthenticated).then(|| {
+        format!(
+            "{listen} is reachable from other machines, and without inbound access control \
+             anyone who reaches it can use azgate's Azure credentials. Add one of \
+             [server.inbound] api_keys (clients send x-azgate-key), [server.inbound] allow \
+             (client CIDRs) or [server.tls] client_ca (mTLS); or set \
+             server.allow_unauthenticated = true if something in front of azgate already \
+             restricts access"
+        )
+    })
+}
+
+/// The same rule for the admin listener. The admin endpoints never proxy, but the status
+/// page shows routes and recent request paths.
+pub fn exposed_admin(
+    listen: SocketAddr,
+    inbound: &InboundConfig,
+    tls: Option<&TlsConfig>,
+) -> Option<String> {
+    (!listen.ip().is_loopback() && !controlled(inbound, tls)).then(|| {
+        format!(
+            "{listen} is reachable from other machines; protect the admin endpoints with \
+             [admin.inbound] api_keys or allow, or [admin.tls] client_ca, or keep them on loopback"
+        )
+    })
+}
+
+/// Whether two listen addresses would take the same socket: the same port (port 0 asks
+/// for a fresh one, so it never collides) and overlapping addresses. An unspecified address
+/// overlaps every address of its family, and `[::]` also the IPv4 ones, because Linux binds
+/// it dual-stack by default.
+pub fn listeners_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || a.port() != b.port() {
+        return false;
+    }
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |wide: std::net::IpAddr, other: std::net::IpAddr| {
+        wide.is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
+    x == y || covers(x, y) || covers(y, x)
 }
 
 pub fn tls(
@@ -300,5 +361,31 @@ fn public_url(text: &str) -> Result<http::Uri, String> {
         _ => Err(format!(
             "invalid URL \"{text}\"; write an absolute http(s) URL such as \"https://gw.contoso.com\""
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listeners_collide;
+
+    #[test]
+    fn listeners_collide_on_the_same_port_and_overlapping_addresses() {
+        let cases = [
+            ("127.0.0.1:8080", "127.0.0.1:8080", true),
+            ("0.0.0.0:8080", "127.0.0.1:8080", true),
+            ("127.0.0.1:8080", "0.0.0.0:8080", true),
+            ("[::]:8080", "127.0.0.1:8080", true),
+            ("[::]:8080", "[::1]:8080", true),
+            ("[::ffff:127.0.0.1]:8080", "127.0.0.1:8080", true),
+            ("0.0.0.0:8080", "[::1]:8080", false),
+            ("127.0.0.1:8080", "127.0.0.2:8080", false),
+            ("127.0.0.1:8080", "127.0.0.1:9090", false),
+            ("127.0.0.1:0", "127.0.0.1:0", false),
+            ("0.0.0.0:0", "0.0.0.0:0", false),
+        ];
+        for (a, b, want) in cases {
+            let (a, b) = (a.parse().unwrap(), b.parse().unwrap());
+            assert_eq!(listeners_collide(a, b), want, "{a} vs {b}");
+        }
     }
 }

@@ -58,6 +58,19 @@ pub fn validate(
 
     let server = server::validate(server, base_dir, problems);
     let admin = validate_admin(admin, base_dir, problems);
+    // Caught here, not by `serve`'s "Address already in use", which blames another process.
+    if let Some(addr) = admin.listen
+        && server::listeners_collide(server.listen, addr)
+    {
+        problems.push(
+            "admin.listen",
+            format!(
+                "{addr} collides with server.listen = {}: the two listeners need different \
+                 ports (or addresses that do not overlap)",
+                server.listen
+            ),
+        );
+    }
     let log = validate_log(log, problems);
     // Routes may name any declared credential, valid or not: a broken credential is
     // reported once, at its own path, not again at every route that uses it.
@@ -104,19 +117,10 @@ fn validate_admin(raw: RawAdmin, base_dir: &Path, problems: &mut Problems) -> Ad
         })
         .map(|i| server::inbound(i, "admin.inbound", problems))
         .unwrap_or_default();
-    // The admin endpoints never proxy, but the status page shows routes and recent
-    // request paths: the same rule as the proxy listener applies.
-    if let Some(addr) = listen
-        && !addr.ip().is_loopback()
-        && !server::controlled(&inbound, tls.as_ref())
+    if let Some(problem) =
+        listen.and_then(|addr| server::exposed_admin(addr, &inbound, tls.as_ref()))
     {
-        problems.push(
-            "admin.listen",
-            format!(
-                "{addr} is reachable from other machines; protect the admin endpoints with \
-                 [admin.inbound] api_keys or allow, or [admin.tls] client_ca, or keep them on loopback"
-            ),
-        );
+        problems.push("admin.listen", problem);
     }
     AdminConfig {
         listen,

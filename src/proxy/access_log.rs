@@ -1,5 +1,7 @@
 //! The "log" phase: one access-log event per request, written when the response body is
-//! finished or dropped, so it carries the real byte counts and total duration.
+//! finished or dropped, so it carries the real byte counts and total duration. A request
+//! dropped before it had a response (the client went away, or shutdown cut it) still
+//! writes its line, with `status=0` and `complete=false`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +42,8 @@ pub struct AccessLog {
     pub telemetry: Option<(Arc<Telemetry>, InflightGuard)>,
     /// The client certificate's subject, with mTLS.
     pub client_subject: Option<std::sync::Arc<str>>,
+    /// Set once the event is written, so `Drop` writes it only for abandoned requests.
+    emitted: bool,
 }
 
 impl AccessLog {
@@ -60,12 +64,18 @@ impl AccessLog {
             client_subject: None,
             client: None,
             telemetry: None,
+            emitted: false,
         }
     }
 
     /// Writes the event. `complete` is false when the body was cut short (client gone,
     /// upstream error or idle timeout).
     pub fn emit(mut self, bytes_out: u64, complete: bool) {
+        self.finish(bytes_out, complete);
+    }
+
+    fn finish(&mut self, bytes_out: u64, complete: bool) {
+        self.emitted = true;
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         if let Some((telemetry, _inflight)) = self.telemetry.take() {
             self.log_event(duration_ms, bytes_out, complete);
@@ -86,6 +96,15 @@ impl AccessLog {
             return;
         }
         self.log_event(duration_ms, bytes_out, complete);
+    }
+
+    /// Only the log line and the in-flight gauge for a request that never had a response:
+    /// it has no status to count in the request metrics.
+    fn abandoned(&mut self) {
+        self.emitted = true;
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        self.log_event(duration_ms, 0, false);
+        self.telemetry = None;
     }
 
     fn log_event(&self, duration_ms: f64, bytes_out: u64, complete: bool) {
@@ -110,5 +129,13 @@ impl AccessLog {
             complete,
             "request"
         );
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        if !self.emitted {
+            self.abandoned();
+        }
     }
 }

@@ -1,25 +1,19 @@
-//! The accept loop of the proxy listener, each connection's life (TLS handshake when
-//! configured, then HTTP/1.1 or HTTP/2), and the drain that ends it.
+//! The accept loop of the proxy listener, each connection's start (TLS handshake when
+//! configured; `connection.rs` serves it from there), and the drain that ends them.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::rt::{Read, Write};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::task::JoinSet;
-use tokio::time::Sleep;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
+use super::connection::{StreamExecutor, serve_http};
+use super::lifecycle::{Lifecycle, Phase, reached};
 use super::tls::{self, TlsTerminator};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::telemetry::Telemetry;
@@ -33,70 +27,93 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 pub struct ListenerSettings {
     /// HTTPS when set.
     pub tls: Option<Arc<TlsTerminator>>,
-    /// Bounds the TLS handshake and the wait for each request's headers (slowloris).
+    /// Bounds the TLS handshake, the wait for a new connection's first request, and each
+    /// request head from its first byte (slowloris).
     pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
-    /// Counts open connections.
+    /// Counts open connections and requests in flight.
     pub telemetry: Arc<Telemetry>,
 }
 
-/// Connections being served; drained on shutdown.
+/// Connections (and their HTTP/2 streams) being served; drained on shutdown.
 pub struct Connections {
-    graceful: GracefulShutdown,
-    tasks: JoinSet<()>,
+    tasks: TaskTracker,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Connections {
-    /// Asks every connection to finish its in-flight requests and close, waiting at most
-    /// `grace`; connections still open after that are closed.
-    pub async fn drain(mut self, grace: Duration) {
-        let open = self.tasks.len();
+    /// Waits for the connections to finish their requests and close (the lifecycle is
+    /// `Closing`, so each has been asked to), at most `grace`, or until a second signal
+    /// hurries it. What is still open then is cut: each cut request writes its
+    /// access-log line with `complete=false`. Returns how many requests were cut.
+    pub async fn drain(self, grace: Duration, lifecycle: &Lifecycle) -> i64 {
+        self.tasks.close();
+        let in_flight = self.telemetry.inflight_requests();
         tracing::info!(
-            open,
-            "draining connections (grace {})",
+            in_flight,
+            "draining: waiting up to {} for requests in flight",
             humantime::format_duration(grace)
         );
-        let finished = tokio::time::timeout(grace, async {
-            self.graceful.shutdown().await;
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
-        match finished {
-            Ok(()) => tracing::info!("all connections closed"),
-            Err(_) => {
-                tracing::warn!(
-                    open = self.tasks.len(),
-                    "grace period over; closing the remaining connections"
-                );
-                self.tasks.abort_all();
-            }
+        let finished = tokio::select! {
+            () = self.tasks.wait() => true,
+            () = tokio::time::sleep(grace) => false,
+            () = lifecycle.hurried() => false,
+        };
+        if finished {
+            tracing::info!("all connections closed");
+            return 0;
         }
+        let cut = self.telemetry.inflight_requests();
+        lifecycle.advance(Phase::Cut);
+        // Every connection and stream task stops at `Cut`; their requests log as they drop.
+        self.tasks.wait().await;
+        if cut > 0 {
+            tracing::warn!(
+                cut,
+                "shutdown: {cut} request(s) still in flight were cut (grace {}; see the \
+                 access-log lines with complete=false)",
+                humantime::format_duration(grace)
+            );
+        } else {
+            tracing::info!("closed the remaining idle connections");
+        }
+        cut
     }
 }
 
 /// What a connection task needs, shared by all of them.
-struct Shared {
-    builder: auto::Builder<TokioExecutor>,
-    proxy: Proxy,
+pub(super) struct Shared {
+    pub(super) builder: auto::Builder<StreamExecutor>,
+    pub(super) proxy: Proxy,
     tls: Option<Arc<TlsTerminator>>,
-    handshake_timeout: Duration,
+    pub(super) handshake_timeout: Duration,
+    pub(super) idle_timeout: Duration,
     telemetry: Arc<Telemetry>,
 }
 
-/// Accepts and serves connections until `stopped` turns true; then stops accepting
-/// (the listener is dropped) and returns the connections still open.
+/// Accepts and serves connections until the lifecycle reaches `Closing`; then stops
+/// accepting (the listener is dropped) and returns the connections still open.
 pub async fn accept_until(
     listener: TcpListener,
     proxy: Proxy,
     settings: ListenerSettings,
-    mut stopped: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) -> Connections {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let tasks = TaskTracker::new();
+    let mut builder = auto::Builder::new(StreamExecutor {
+        tasks: tasks.clone(),
+        phase: phase.clone(),
+    });
+    // The header and idle deadlines are kept by `connection::Deadlines`: hyper's own
+    // header timer starts when a connection turns idle, so it would make the keep-alive
+    // idle timeout equal to the header timeout.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout)
+        .header_read_timeout(None)
         .keep_alive(true);
     builder
         .http2()
@@ -108,41 +125,94 @@ pub async fn accept_until(
         proxy,
         tls: settings.tls,
         handshake_timeout: settings.header_timeout,
-        telemetry: settings.telemetry,
+        idle_timeout: settings.idle_timeout,
+        telemetry: settings.telemetry.clone(),
     });
     let limit = Arc::new(Semaphore::new(
         settings.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
 
-    let mut connections = Connections {
-        graceful: GracefulShutdown::new(),
-        tasks: JoinSet::new(),
-    };
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             accepted = accept(&listener, &limit) => match accepted {
                 Ok((stream, peer, permit)) => {
-                    let task = serve(
-                        stream,
-                        peer,
-                        permit,
-                        shared.clone(),
-                        connections.graceful.watcher(),
-                    );
-                    connections.tasks.spawn(task);
+                    backoff.succeeded();
+                    let (shared, phase, mut cut) = (shared.clone(), phase.clone(), phase.clone());
+                    // Dropped when the server is cut, handshake included. The connection
+                    // future is made inside `select!`: a future made before it would take
+                    // its (several KiB) space twice in the task.
+                    tasks.spawn(async move {
+                        tokio::select! {
+                            () = serve(stream, peer, permit, shared, phase) => {}
+                            () = reached(&mut cut, Phase::Cut) => {}
+                        }
+                    });
                 }
                 Err(err) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!("accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let (pause, report) = backoff.failed(&err, Instant::now());
+                    if let Some(report) = report {
+                        tracing::warn!("{report}");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = reached(&mut phase, Phase::Closing) => break,
+                    }
                 }
             },
-            Some(_) = connections.tasks.join_next(), if !connections.tasks.is_empty() => {}
-            () = crate::admin::stopped(&mut stopped) => break,
+            () = reached(&mut phase, Phase::Closing) => break,
         }
     }
     tracing::info!("stopped accepting connections");
-    connections
+    Connections {
+        tasks,
+        telemetry: settings.telemetry,
+    }
+}
+
+/// First pause after a failed accept.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+/// Longest pause: the listener is retried at least this often.
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// At most one log line about failed accepts per this interval.
+const ACCEPT_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Failed accepts (usually EMFILE: out of file descriptors) pause the loop instead of
+/// spinning, longer each time up to a second, and are logged as a count at most every
+/// few seconds instead of once per attempt. Pending clients wait in the backlog meanwhile.
+#[derive(Default)]
+struct AcceptBackoff {
+    pause: Duration,
+    failures: u64,
+    last_report: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    /// Records a failure at `now`; returns the pause before the next attempt and the
+    /// line to log, if one is due.
+    fn failed(&mut self, err: &std::io::Error, now: Instant) -> (Duration, Option<String>) {
+        self.failures += 1;
+        self.pause = (self.pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
+        let due = self
+            .last_report
+            .is_none_or(|last| now.duration_since(last) >= ACCEPT_REPORT_EVERY);
+        let report = due.then(|| {
+            let line = format!(
+                "accept failed {} time(s) since the last report: {err}; new connections wait \
+                 in the backlog (retrying at least every {})",
+                self.failures,
+                humantime::format_duration(ACCEPT_PAUSE_MAX)
+            );
+            self.failures = 0;
+            self.last_report = Some(now);
+            line
+        });
+        (self.pause, report)
+    }
+
+    fn succeeded(&mut self) {
+        self.pause = Duration::ZERO;
+    }
 }
 
 /// Takes a connection slot, then a connection. The slot comes first so that, at the limit,
@@ -168,7 +238,7 @@ async fn serve(
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
-    watcher: Watcher,
+    phase: watch::Receiver<Phase>,
 ) {
     let _open = shared.telemetry.connection();
     // Small responses must not wait for Nagle's algorithm.
@@ -180,14 +250,7 @@ async fn serve(
         tracing::debug!(%peer, "cannot set TCP keep-alive: {err}");
     }
     let Some(terminator) = &shared.tls else {
-        let stream = FirstByteDeadline::new(stream, shared.handshake_timeout);
-        return serve_http(
-            TokioIo::new(stream),
-            ConnInfo::plain(peer),
-            &shared,
-            watcher,
-        )
-        .await;
+        return serve_http(stream, ConnInfo::plain(peer), &shared, phase).await;
     };
     let handshake = terminator.acceptor().accept(stream);
     let stream = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
@@ -206,101 +269,7 @@ async fn serve(
         tls: true,
         client_subject: tls::client_subject(stream.get_ref().1),
     };
-    let stream = FirstByteDeadline::new(stream, shared.handshake_timeout);
-    serve_http(TokioIo::new(stream), conn, &shared, watcher).await;
-}
-
-/// A connection that sends nothing at all is closed after the header timeout. hyper's own
-/// header timeout starts only once it knows the protocol, which takes a first byte (the
-/// auto builder reads the preface to choose HTTP/1.1 or HTTP/2), so without this a silent
-/// client would hold a connection slot forever.
-struct FirstByteDeadline<S> {
-    inner: S,
-    deadline: Option<Pin<Box<Sleep>>>,
-}
-
-impl<S> FirstByteDeadline<S> {
-    fn new(inner: S, timeout: Duration) -> Self {
-        Self {
-            inner,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        match &polled {
-            Poll::Ready(_) if buf.filled().len() > before => self.deadline = None,
-            Poll::Pending => {
-                if let Some(deadline) = &mut self.deadline
-                    && deadline.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the client sent nothing within the header timeout",
-                    )));
-                }
-            }
-            Poll::Ready(_) => {}
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// HTTP/1.1 or HTTP/2 (by ALPN, or by the client's preface without TLS) until the
-/// connection closes or the drain closes it.
-async fn serve_http<I>(io: I, conn: ConnInfo, shared: &Shared, watcher: Watcher)
-where
-    I: Read + Write + Unpin + Send + 'static,
-{
-    let peer = conn.peer;
-    let proxy = shared.proxy.clone();
-    let conn = Arc::new(conn);
-    let service = service_fn(move |request| {
-        let (proxy, conn) = (proxy.clone(), conn.clone());
-        async move { Ok::<_, Infallible>(proxy.handle(request, &conn).await) }
-    });
-    let connection = shared.builder.serve_connection(io, service);
-    if let Err(err) = watcher.watch(connection).await {
-        tracing::debug!(%peer, "connection ended: {err}");
-    }
+    serve_http(stream, conn, &shared, phase).await;
 }
 
 /// A rejected client certificate is worth an operator's attention; scanners and clients
@@ -316,5 +285,52 @@ fn log_handshake_failure(peer: SocketAddr, err: &std::io::Error) {
             | rustls::Error::InvalidCertRevocationList(_),
         ) => tracing::info!(%peer, "TLS client certificate rejected: {err}"),
         _ => tracing::debug!(%peer, "TLS handshake failed: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_accepts_back_off_and_are_reported_every_few_seconds() {
+        let mut backoff = AcceptBackoff::default();
+        let emfile = std::io::Error::from_raw_os_error(24);
+        let started = Instant::now();
+        let mut pauses = Vec::new();
+        let mut reports = Vec::new();
+        // Twelve seconds of a listener failing every time.
+        while started.elapsed() < Duration::from_secs(12) {
+            let (pause, report) = backoff.failed(&emfile, Instant::now());
+            pauses.push(pause);
+            reports.extend(report);
+            tokio::time::advance(pause).await;
+        }
+        assert_eq!(pauses[0], ACCEPT_PAUSE_MIN);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]), "{pauses:?}");
+        assert_eq!(*pauses.last().unwrap(), ACCEPT_PAUSE_MAX);
+        assert!(pauses.len() < 30, "{} attempts in 12 s", pauses.len());
+        assert_eq!(reports.len(), 3, "{reports:#?}");
+        assert!(
+            reports[0].starts_with("accept failed 1 time(s)"),
+            "{}",
+            reports[0]
+        );
+        assert!(
+            reports[1].contains("too many open files")
+                || reports[1].contains("Too many open files"),
+            "{}",
+            reports[1]
+        );
+        // The second report counts what happened in between.
+        assert!(
+            !reports[1].starts_with("accept failed 1 time(s)"),
+            "{}",
+            reports[1]
+        );
+
+        backoff.succeeded();
+        let (pause, _) = backoff.failed(&emfile, Instant::now());
+        assert_eq!(pause, ACCEPT_PAUSE_MIN, "a success resets the backoff");
     }
 }

@@ -1,7 +1,12 @@
 //! Listeners and the connection lifecycle: bind, accept (TLS when configured, with
 //! certificate rotation), serve HTTP/1.1 and HTTP/2 (ALPN, or h2c prior knowledge) with
-//! hyper-util's auto builder, and drain on shutdown.
+//! hyper-util's auto builder, and drain on shutdown. What is bound and which phase the
+//! server is in live in `lifecycle`, which reload and shutdown both consult.
 
+mod connection;
+mod deadlines;
+pub mod lifecycle;
+mod limits;
 mod listener;
 pub mod reload;
 pub mod shutdown;
@@ -12,8 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState, Health};
@@ -21,9 +25,9 @@ use crate::config::Config;
 use crate::env::Env;
 use crate::gateway::Gateway;
 use crate::proxy::Proxy;
-use crate::proxy::inbound::access::AccessPolicy;
 use crate::telemetry::Telemetry;
 
+use self::lifecycle::{Bound, Lifecycle, Phase, ReloadRefused, reached};
 use self::listener::ListenerSettings;
 pub use self::tls::TlsError;
 
@@ -58,15 +62,45 @@ pub struct RunningServer {
     env: Env,
     tls: Option<Arc<TlsTerminator>>,
     admin_tls: Option<Arc<TlsTerminator>>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    lifecycle: Arc<Lifecycle>,
+    task: JoinHandle<Drained>,
+}
+
+/// Stops a server whose `wait` is running elsewhere.
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Lifecycle>);
+
+impl ShutdownHandle {
+    /// As `RunningServer::shutdown_now`.
+    pub fn shutdown_now(&self) {
+        self.0.hurry();
+    }
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Requests still in flight when the grace ran out (or a second signal came), cut.
+    pub cut: i64,
 }
 
 impl RunningServer {
-    /// Starts the drain: `/readyz` turns 503 at once; after `drain_delay` the listener
-    /// stops accepting, and in-flight requests get `shutdown_grace` to finish.
+    /// Starts the drain: `/readyz` turns 503 at once and every connection is asked to go
+    /// (`Connection: close`, GOAWAY) while new ones are still served for `drain_delay`;
+    /// then the listener stops accepting, and in-flight requests get `shutdown_grace`.
     pub fn shutdown(&self) {
-        self.stop.send_replace(true);
+        self.lifecycle.advance(Phase::Draining);
+    }
+
+    /// Stops at once (a second SIGTERM or Ctrl-C): whatever is in flight is cut, each cut
+    /// request logged; `wait` then returns promptly.
+    pub fn shutdown_now(&self) {
+        self.lifecycle.hurry();
+    }
+
+    /// A handle for `shutdown_now` while `wait` holds the server.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.lifecycle.clone())
     }
 
     /// Re-reads the `[server.tls]` and `[admin.tls]` files now (they are also polled
@@ -83,19 +117,33 @@ impl RunningServer {
     /// did not change keep their cached tokens. Settings that belong to the listeners
     /// cannot change without a restart; they are returned as warnings and keep their
     /// running values.
-    pub fn apply(&self, config: Config) -> Vec<String> {
+    ///
+    /// Refused (counted as a failed reload; the running config stays) when the new config
+    /// would leave a socket that stays bound without the inbound control the same config
+    /// would need at start, e.g. `listen` moved to loopback (which needs a restart) and
+    /// the keys removed while azgate still listens on 0.0.0.0.
+    pub fn apply(&self, config: Config) -> Result<Vec<String>, ReloadRefused> {
+        if let Err(refused) = self.lifecycle.check_reload(&config) {
+            self.telemetry.record_reload(false);
+            return Err(refused);
+        }
         let current = self.gateway.load_full();
         let warnings = restart_needed(&current.config, &config);
         let next = Gateway::rebuild(config, &self.env, Some(&current));
         self.gateway.store(Arc::new(next));
         self.telemetry.record_reload(true);
-        warnings
+        Ok(warnings)
     }
 
-    /// Resolves when the server has drained (or the grace period ran out).
-    pub async fn wait(self) {
-        if let Err(err) = self.task.await {
-            tracing::error!("server task failed: {err}");
+    /// Resolves when the server has drained (or the grace period ran out, or
+    /// `shutdown_now` cut it short).
+    pub async fn wait(self) -> Drained {
+        match self.task.await {
+            Ok(drained) => drained,
+            Err(err) => {
+                tracing::error!("server task failed: {err}");
+                Drained { cut: 0 }
+            }
         }
     }
 }
@@ -118,6 +166,11 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         old.server.header_timeout != new.server.header_timeout,
         "server.header_timeout",
     );
+    check(
+        old.server.idle_timeout != new.server.idle_timeout,
+        "server.idle_timeout",
+    );
+    check(old.server.backlog != new.server.backlog, "server.backlog");
     check(old.admin.listen != new.admin.listen, "admin.listen");
     check(old.admin.tls != new.admin.tls, "[admin.tls] file paths");
     check(
@@ -141,10 +194,12 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
         )),
         None => None,
     };
-    let proxy_listener = bind(config.server.listen, "proxy").await?;
+    limits::raise_open_files(config.server.max_connections);
+    let backlog = config.server.backlog.unwrap_or_else(limits::somaxconn);
+    let proxy_listener = bind(config.server.listen, "proxy", backlog)?;
     let proxy_addr = local_addr(&proxy_listener, config.server.listen);
     let admin_listener = match config.admin.listen {
-        Some(addr) => Some(bind(addr, "admin endpoints").await?),
+        Some(addr) => Some(bind(addr, "admin endpoints", ADMIN_BACKLOG)?),
         None => None,
     };
     let admin_addr = admin_listener
@@ -162,6 +217,16 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
         );
     }
 
+    let lifecycle = Arc::new(Lifecycle::new(
+        Bound {
+            addr: proxy_addr,
+            tls: config.server.tls.clone(),
+        },
+        admin_addr.map(|addr| Bound {
+            addr,
+            tls: config.admin.tls.clone(),
+        }),
+    ));
     let telemetry = Telemetry::new();
     let timing = Timing {
         grace: config.server.shutdown_grace,
@@ -170,10 +235,10 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
     let settings = ListenerSettings {
         tls: tls.clone(),
         header_timeout: config.server.header_timeout,
+        idle_timeout: config.server.idle_timeout,
         max_connections: config.server.max_connections,
         telemetry: telemetry.clone(),
     };
-    let admin_access = AccessPolicy::new(&config.admin.inbound);
     let gateway = Arc::new(ArcSwap::from_pointee(Gateway::build(config, &env)));
     telemetry.attach(gateway.clone());
     let health = Arc::new(Health::default());
@@ -181,10 +246,8 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
         health: health.clone(),
         telemetry: telemetry.clone(),
         gateway: gateway.clone(),
-        access: admin_access,
         tls: admin_tls.clone(),
     });
-    let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(run(
         proxy_listener,
         admin_listener,
@@ -192,7 +255,7 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
         settings,
         admin_state,
         timing,
-        stopped,
+        lifecycle.clone(),
     ));
     Ok(RunningServer {
         proxy_addr,
@@ -203,7 +266,7 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
         env,
         tls,
         admin_tls,
-        stop,
+        lifecycle,
         task,
     })
 }
@@ -220,54 +283,79 @@ async fn run(
     settings: ListenerSettings,
     admin: Arc<AdminState>,
     timing: Timing,
-    mut stopped: watch::Receiver<bool>,
-) {
+    lifecycle: Arc<Lifecycle>,
+) -> Drained {
+    // The file watchers and the admin listener stop on a channel of their own: the admin
+    // listener outlives the proxy's drain so /readyz can report it.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let watchers: Vec<_> = [settings.tls.clone(), admin.tls.clone()]
         .into_iter()
         .flatten()
         .map(|tls| tokio::spawn(tls.watch_files(stopped.clone())))
         .collect();
-    // The admin listener outlives the proxy's drain so /readyz can report it.
-    let (admin_stop, admin_stopped) = watch::channel(false);
     let admin_task =
-        admin_listener.map(|l| tokio::spawn(admin::serve(l, admin.clone(), admin_stopped)));
+        admin_listener.map(|l| tokio::spawn(admin::serve(l, admin.clone(), stopped.clone())));
 
-    let (accept_stop, accept_stopped) = watch::channel(false);
     let accepting = tokio::spawn(listener::accept_until(
         proxy_listener,
         proxy,
         settings,
-        accept_stopped,
+        lifecycle.watch(),
     ));
 
-    admin::stopped(&mut stopped).await;
+    let mut phase = lifecycle.watch();
+    reached(&mut phase, Phase::Draining).await;
     // Readiness first, so load balancers stop sending; keep serving meanwhile.
     admin.health.set_draining();
     if !timing.drain_delay.is_zero() {
         tracing::info!(
-            "draining: /readyz answers 503; still serving for {}",
+            "draining: /readyz answers 503, connections are asked to reconnect elsewhere; \
+             still accepting for {}",
             humantime::format_duration(timing.drain_delay)
         );
-        tokio::time::sleep(timing.drain_delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(timing.drain_delay) => {}
+            () = lifecycle.hurried() => {}
+        }
     }
-    accept_stop.send_replace(true);
-    match accepting.await {
-        Ok(connections) => connections.drain(timing.grace).await,
-        Err(err) => tracing::error!("the accept loop failed: {err}"),
-    }
+    lifecycle.advance(Phase::Closing);
+    let drained = match accepting.await {
+        Ok(connections) => Drained {
+            cut: connections.drain(timing.grace, &lifecycle).await,
+        },
+        Err(err) => {
+            tracing::error!("the accept loop failed: {err}");
+            Drained { cut: 0 }
+        }
+    };
+    stop.send_replace(true);
     for watcher in watchers {
         let _ = watcher.await;
     }
-    admin_stop.send_replace(true);
     if let Some(task) = admin_task {
         let _ = task.await;
     }
+    drained
 }
 
-async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+/// Probes and scrapes only: a short queue is plenty.
+const ADMIN_BACKLOG: u32 = 128;
+
+/// Binds with an explicit backlog (tokio's `bind` fixes it at 128, which a burst of new
+/// clients at `max_connections` overflows into SYN retries).
+fn bind(addr: SocketAddr, what: &'static str, backlog: u32) -> Result<TcpListener, StartError> {
+    let error = |source| StartError::Bind { what, addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(error)?;
+    // As std and tokio do: a restarted azgate can bind while old connections sit in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    socket.listen(backlog).map_err(error)
 }
 
 fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {

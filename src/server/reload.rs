@@ -1,5 +1,6 @@
 //! Hot reload: SIGHUP or a change of the config file loads the config again, validates it
-//! fully, and puts it in service; a config that does not validate is refused, logged and
+//! fully, and puts it in service; a config that does not validate, or that would leave a
+//! socket still bound without the inbound control it needs, is refused, logged and
 //! counted, and the running one stays.
 //!
 //! The file is watched through its parent directory, because editors and Kubernetes
@@ -22,23 +23,29 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 /// Loads `source` again and applies it. Errors (the config's problems) are returned for
 /// logging; the running config stays.
 pub fn reload(source: &ConfigSource, running: &RunningServer) -> Result<(), String> {
+    let refused = |problems: usize, err: &dyn std::fmt::Display| {
+        tracing::error!(
+            config = %source.display_name(),
+            problems,
+            "config reload refused; the running config stays:\n{err}"
+        );
+        err.to_string()
+    };
     match source.load() {
-        Ok(config) => {
-            let warnings = running.apply(config);
-            for warning in &warnings {
-                tracing::warn!("config reloaded, but {warning}");
+        Ok(config) => match running.apply(config) {
+            Ok(warnings) => {
+                for warning in &warnings {
+                    tracing::warn!("config reloaded, but {warning}");
+                }
+                tracing::info!(config = %source.display_name(), "config reloaded");
+                Ok(())
             }
-            tracing::info!(config = %source.display_name(), "config reloaded");
-            Ok(())
-        }
+            // Valid on its own, but not on the sockets that are open (`apply` counted it).
+            Err(err) => Err(refused(err.problems.len(), &err)),
+        },
         Err(err) => {
             running.telemetry.record_reload(false);
-            tracing::error!(
-                config = %source.display_name(),
-                problems = err.problems.len(),
-                "config reload refused; the running config stays:\n{err}"
-            );
-            Err(err.to_string())
+            Err(refused(err.problems.len(), &err))
         }
     }
 }

@@ -1,0 +1,263 @@
+//! One client connection after accept (and the TLS handshake): HTTP/1.1 or HTTP/2 served
+//! by hyper-util's auto builder, the deadlines hyper does not keep the way azgate needs
+//! them (`deadlines.rs`: the wait for a request, the request head, keep-alive idle), and
+//! the connection's part in the drain (go away when the server drains, stop when cut).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use http::{HeaderValue, Request, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, watch};
+use tokio_util::task::TaskTracker;
+
+use super::deadlines::Deadlines;
+use super::lifecycle::{Phase, reached};
+use super::listener::Shared;
+use crate::proxy::ConnInfo;
+
+/// Serves one connection until it closes, the drain closes it, or the server is cut (the
+/// caller drops this future then).
+pub(super) async fn serve_http<S>(
+    stream: S,
+    conn: ConnInfo,
+    shared: &Shared,
+    mut phase: watch::Receiver<Phase>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(Deadlines::new(
+        stream,
+        activity.clone(),
+        shared.handshake_timeout,
+        shared.idle_timeout,
+    ));
+    let service = {
+        let proxy = shared.proxy.clone();
+        let conn = Arc::new(conn);
+        let (activity, phase) = (activity.clone(), phase.clone());
+        service_fn(move |request: Request<Incoming>| {
+            let (proxy, conn, phase) = (proxy.clone(), conn.clone(), phase.clone());
+            let http1 = request.version() < Version::HTTP_2;
+            let busy = activity.begin(request.version());
+            async move {
+                let mut response = proxy.handle(request, &conn).await;
+                // From SIGTERM on, every HTTP/1.1 response tells the client to reconnect
+                // (to a replica that stays). The connection loop also asks hyper to close,
+                // but a response built at once may be written before that lands.
+                if http1 && *phase.borrow() >= Phase::Draining {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response.map(|inner| Tracked { inner, _busy: busy }))
+            }
+        })
+    };
+    let connection = shared.builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut asked_to_go = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, "connection ended: {err}");
+                }
+                return;
+            }
+            () = go_away_due(&mut phase, &activity, shared.idle_timeout), if !asked_to_go => {
+                // HTTP/1.1: an idle connection closes now, a busy one after its response
+                // (with `Connection: close`); HTTP/2: GOAWAY, open streams finish.
+                connection.as_mut().graceful_shutdown();
+                asked_to_go = true;
+            }
+        }
+    }
+}
+
+/// Resolves when this connection should be asked to go: the server is draining and the
+/// connection has carried a request (one that has not, e.g. just accepted, is asked right
+/// after its first request arrives, so that request is still served); the server is
+/// closing; or an HTTP/2 connection has had no stream open for `idle_timeout`.
+async fn go_away_due(
+    phase: &mut watch::Receiver<Phase>,
+    activity: &Activity,
+    idle_timeout: Duration,
+) {
+    loop {
+        let now = *phase.borrow_and_update();
+        if now >= Phase::Closing || (now == Phase::Draining && activity.protocol() != UNKNOWN) {
+            return;
+        }
+        tokio::select! {
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    // The server is gone; nothing more will be asked.
+                    std::future::pending::<()>().await;
+                }
+            }
+            () = activity.until(|a| a.protocol() != UNKNOWN), if now == Phase::Draining => {}
+            () = activity.h2_idle_for(idle_timeout) => return,
+        }
+    }
+}
+
+const UNKNOWN: u8 = 0;
+const HTTP1: u8 = 1;
+pub(super) const HTTP2: u8 = 2;
+
+/// What a connection is doing, shared by its service (which sees requests start and
+/// responses end), its deadlines and its drain.
+#[derive(Default)]
+pub(super) struct Activity {
+    /// Requests whose response has not finished.
+    pub(super) busy: AtomicUsize,
+    /// Requests finished so far; a change tells the deadlines a new wait began.
+    pub(super) finished: AtomicU64,
+    /// UNKNOWN until the first request, then HTTP1 or HTTP2.
+    protocol: AtomicU8,
+    /// Woken on the first request and, for HTTP/2, when it turns busy or idle.
+    changed: Notify,
+    /// The reader that last saw the connection busy: it has no deadline running, so it is
+    /// woken when the connection turns idle, to start one (hyper may poll the read side
+    /// before it drops the finished response body).
+    pub(super) reader: AtomicWaker,
+}
+
+impl Activity {
+    pub(super) fn protocol(&self) -> u8 {
+        self.protocol.load(Ordering::Acquire)
+    }
+
+    fn begin(self: &Arc<Self>, version: Version) -> BusyGuard {
+        let was_idle = self.busy.fetch_add(1, Ordering::AcqRel) == 0;
+        let first = self.protocol() == UNKNOWN;
+        if first {
+            let protocol = if version == Version::HTTP_2 {
+                HTTP2
+            } else {
+                HTTP1
+            };
+            self.protocol.store(protocol, Ordering::Release);
+        }
+        // Waiters exist only for the first request and for HTTP/2 idleness: HTTP/1.1
+        // requests after the first wake nobody (no lock on the hot path).
+        if first || (was_idle && self.protocol() == HTTP2) {
+            self.changed.notify_waiters();
+        }
+        BusyGuard(self.clone())
+    }
+
+    /// Resolves once `done` holds; checked again on every change.
+    async fn until(&self, done: impl Fn(&Self) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Resolves once an HTTP/2 connection has had no stream open for `limit`.
+    async fn h2_idle_for(&self, limit: Duration) {
+        loop {
+            self.until(|a| a.protocol() == HTTP2 && a.busy.load(Ordering::Acquire) == 0)
+                .await;
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.busy.load(Ordering::Acquire) != 0 {
+                continue;
+            }
+            if tokio::time::timeout(limit, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Held by a response body: the request counts as busy until its response is finished.
+struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity.finished.fetch_add(1, Ordering::AcqRel);
+        let now_idle = activity.busy.fetch_sub(1, Ordering::AcqRel) == 1;
+        if now_idle {
+            if activity.protocol() == HTTP2 {
+                activity.changed.notify_waiters();
+            } else {
+                activity.reader.wake();
+            }
+        }
+    }
+}
+
+/// A response body that keeps its request counted as busy until it is finished (or
+/// dropped), so a long download is not mistaken for an idle connection.
+pub(super) struct Tracked<B> {
+    inner: B,
+    _busy: BusyGuard,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// HTTP/2 streams run as tasks of their own (hyper spawns them); this executor keeps them
+/// owned by the server: counted in the drain's task tracker and dropped when the server is
+/// cut, so a cut request still writes its access-log line before the process exits.
+#[derive(Clone)]
+pub(super) struct StreamExecutor {
+    pub(super) tasks: TaskTracker,
+    pub(super) phase: watch::Receiver<Phase>,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let mut phase = self.phase.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = stream => {}
+                () = reached(&mut phase, Phase::Cut) => {}
+            }
+        });
+    }
+}
