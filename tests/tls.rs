@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use http::{StatusCode, Version};
 use rustls::ProtocolVersion;
 use support::logs::LogCapture;
+use support::metrics::{get, samples};
 use support::tls::{Authority, ClientOptions, Leaf, TlsFiles, unwrap_pkcs8};
 use support::{Azgate, MockUpstream};
 use tokio::io::AsyncReadExt;
@@ -137,7 +138,15 @@ async fn mtls_serves_only_clients_of_the_trusted_ca_and_logs_their_subject() {
             "{refusal:?}"
         );
     }
-    gw.stop().await;
+    let server = gw.into_server();
+    let metrics = samples(&server.telemetry.encode());
+    server.shutdown();
+    server.wait().await;
+    for reason in ["no_client_cert", "bad_client_cert"] {
+        let labels = [("listener", "proxy"), ("reason", reason)];
+        let counted = get(&metrics, "azgate_tls_handshake_failures_total", &labels);
+        assert_eq!(counted, 2.0, "{reason}");
+    }
 
     let events = capture.events();
     let access: Vec<_> = events
@@ -150,16 +159,25 @@ async fn mtls_serves_only_clients_of_the_trusted_ca_and_logs_their_subject() {
         assert_eq!(event["path"], "/with-cert");
         assert_eq!(event["status"], 200);
     }
-    let rejected = events
+    // Refused clients are unauthenticated: no line each, but the first at once and the
+    // rest in a summary (here at shutdown), with the reasons.
+    let reports: Vec<_> = events
         .iter()
         .filter(|e| {
             e["level"] == "INFO"
                 && e["message"]
                     .as_str()
-                    .is_some_and(|m| m.starts_with("TLS client certificate rejected"))
+                    .is_some_and(|m| m.starts_with("failed TLS handshakes on the proxy listener"))
         })
-        .count();
-    assert_eq!(rejected, refusals.len(), "{}", capture.text());
+        .collect();
+    assert_eq!(reports.len(), 2, "{}", capture.text());
+    let total: u64 = reports.iter().filter_map(|e| e["failures"].as_u64()).sum();
+    assert_eq!(total, refusals.len() as u64, "{}", capture.text());
+    let last = reports[1]["message"].as_str().unwrap();
+    assert!(
+        last.contains("no_client_cert") && last.contains("bad_client_cert"),
+        "{last}"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -258,19 +276,41 @@ async fn a_key_that_does_not_match_the_certificate_stops_the_start() {
     let upstream = MockUpstream::echo().await;
     let files = TlsFiles::new("server", None);
     let stray = files.ca.server("other");
-    std::fs::write(&files.key, &stray.key_pem).unwrap();
+    let key_body = stray.key_pem.lines().nth(1).unwrap().to_string();
     let text = files.config(&upstream.url, false, "");
+
+    // The config check loads the files as the server does, so it refuses them...
+    std::fs::write(&files.key, &stray.key_pem).unwrap();
+    let err = azgate::config::parse(&text, "test.toml", files.dir.path(), &|_| None)
+        .err()
+        .expect("a key that does not match its certificate is a config problem")
+        .to_string();
+    assert!(
+        err.contains("test.toml: server.tls: cannot use the certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.pem") && err.contains("server.key"),
+        "{err}"
+    );
+    assert!(!err.contains(&key_body), "{err}");
+
+    // ...and so does the start, should the files change after the check.
+    let good = files.ca.server("server");
+    files.write(&good);
     let config = azgate::config::parse(&text, "test.toml", files.dir.path(), &|_| None).unwrap();
+    std::fs::write(&files.key, &stray.key_pem).unwrap();
     let env = azgate::env::Env::from_map(Default::default());
     let err = match azgate::server::start(config, env).await {
         Ok(_) => panic!("started with a key that does not match its certificate"),
-        Err(err) => err.to_string(),
+        Err(err) => err,
     };
+    assert!(err.is_config());
+    let err = err.to_string();
     assert!(err.contains("[server.tls]"), "{err}");
     assert!(err.contains("server.pem"), "{err}");
     assert!(err.contains("server.key"), "{err}");
-    let key_body = stray.key_pem.lines().nth(1).unwrap();
-    assert!(!err.contains(key_body), "{err}");
+    assert!(!err.contains(&key_body), "{err}");
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ mod raw;
 mod retry;
 mod routes;
 mod server;
+pub mod tls;
 mod units;
 mod validate;
 
@@ -85,6 +86,9 @@ pub struct ServerConfig {
     pub body_idle_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Largest request head (target plus header names and values) answered; a larger one
+    /// gets 431 `headers_too_large` (default 64 KiB).
+    pub max_header_bytes: usize,
     /// HTTPS on the proxy listener.
     pub tls: Option<TlsConfig>,
     pub inbound: InboundConfig,

@@ -23,6 +23,7 @@ pub struct RawServer {
     pub header_timeout: Option<String>,
     pub body_idle_timeout: Option<String>,
     pub max_connections: Option<usize>,
+    pub max_header_bytes: Option<String>,
     pub tls: Option<toml::Table>,
     pub inbound: Option<toml::Table>,
 }

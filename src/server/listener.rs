@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
+use super::failures::FailureLog;
 use super::tls::{self, TlsTerminator};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::telemetry::Telemetry;
@@ -37,8 +38,12 @@ pub struct ListenerSettings {
     pub header_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// azgate answers heads over this with its own 431; hyper's parser stops at twice it.
+    pub max_header_bytes: usize,
     /// Counts open connections.
     pub telemetry: Arc<Telemetry>,
+    /// Request heads hyper's parser refused, summarised in the log.
+    pub refused_heads: Arc<FailureLog>,
 }
 
 /// Connections being served; drained on shutdown.
@@ -82,6 +87,7 @@ struct Shared {
     tls: Option<Arc<TlsTerminator>>,
     handshake_timeout: Duration,
     telemetry: Arc<Telemetry>,
+    refused_heads: Arc<FailureLog>,
 }
 
 /// Accepts and serves connections until `stopped` turns true; then stops accepting
@@ -92,16 +98,19 @@ pub async fn accept_until(
     settings: ListenerSettings,
     mut stopped: watch::Receiver<bool>,
 ) -> Connections {
+    let head_limit = parser_head_limit(settings.max_header_bytes);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
+        .max_buf_size(head_limit)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .max_header_list_size(u32::try_from(head_limit).unwrap_or(u32::MAX))
         .adaptive_window(true);
     let shared = Arc::new(Shared {
         builder,
@@ -109,6 +118,7 @@ pub async fn accept_until(
         tls: settings.tls,
         handshake_timeout: settings.header_timeout,
         telemetry: settings.telemetry,
+        refused_heads: settings.refused_heads,
     });
     let limit = Arc::new(Semaphore::new(
         settings.max_connections.clamp(1, Semaphore::MAX_PERMITS),
@@ -193,11 +203,11 @@ async fn serve(
     let stream = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
-            log_handshake_failure(peer, &err);
+            terminator.handshake_failed(peer, &err);
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "TLS handshake not finished in time; closing");
+            terminator.handshake_timed_out(peer);
             return;
         }
     };
@@ -299,22 +309,24 @@ where
     });
     let connection = shared.builder.serve_connection(io, service);
     if let Err(err) = watcher.watch(connection).await {
-        tracing::debug!(%peer, "connection ended: {err}");
+        // hyper answered 431 itself (HTTP/1.1 only: HTTP/2 refuses per stream, unseen).
+        let head_too_large = err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse_too_large);
+        if head_too_large {
+            shared.telemetry.record_refused_head(431);
+            shared.refused_heads.record("headers_too_large", peer, &err);
+        } else {
+            tracing::debug!(%peer, "connection ended: {err}");
+        }
     }
 }
 
-/// A rejected client certificate is worth an operator's attention; scanners and clients
-/// that give up mid-handshake are not.
-fn log_handshake_failure(peer: SocketAddr, err: &std::io::Error) {
-    let rustls_error = err
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    match rustls_error {
-        Some(
-            rustls::Error::NoCertificatesPresented
-            | rustls::Error::InvalidCertificate(_)
-            | rustls::Error::InvalidCertRevocationList(_),
-        ) => tracing::info!(%peer, "TLS client certificate rejected: {err}"),
-        _ => tracing::debug!(%peer, "TLS handshake failed: {err}"),
-    }
+/// The request head size at which hyper's parser refuses a request itself (a plain 431,
+/// and over HTTP/1.1 a closed connection), before azgate sees it. Twice azgate's own limit,
+/// so heads up to twice `server.max_header_bytes` still get azgate's JSON 431 with an
+/// access-log line, while what a connection can buffer for a head stays bounded (hyper's
+/// default is ~400 KiB for HTTP/1.1). hyper's HTTP/1.1 buffer cannot be under 8 KiB.
+fn parser_head_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(2).max(8192)
 }

@@ -2,6 +2,7 @@
 //! certificate rotation), serve HTTP/1.1 and HTTP/2 (ALPN, or h2c prior knowledge) with
 //! hyper-util's auto builder, and drain on shutdown.
 
+pub mod failures;
 mod listener;
 pub mod reload;
 pub mod shutdown;
@@ -24,8 +25,9 @@ use crate::proxy::Proxy;
 use crate::proxy::inbound::access::AccessPolicy;
 use crate::telemetry::Telemetry;
 
+use self::failures::FailureLog;
 use self::listener::ListenerSettings;
-pub use self::tls::TlsError;
+pub use crate::config::tls::{TlsError, TlsProblems};
 
 /// A TLS terminator shared with the admin listener.
 pub type TlsTerminatorHandle = Arc<TlsTerminator>;
@@ -40,9 +42,17 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("cannot set up TLS on the proxy listener ([server.tls]): {0}")]
-    Tls(#[from] TlsError),
+    Tls(#[from] TlsProblems),
     #[error("cannot set up TLS on the admin listener ([admin.tls]): {0}")]
-    AdminTls(TlsError),
+    AdminTls(TlsProblems),
+}
+
+impl StartError {
+    /// Whether the config is at fault (unusable TLS files), rather than the machine (a
+    /// port taken): `serve` exits with the config status for these.
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Tls(_) | StartError::AdminTls(_))
+    }
 }
 
 /// A started server. Dropping it does not stop it; call `shutdown` then `wait`.
@@ -118,6 +128,12 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         old.server.header_timeout != new.server.header_timeout,
         "server.header_timeout",
     );
+    // azgate's own check applies the new limit at once; hyper's parser limit (twice it)
+    // was set when the listener started.
+    check(
+        old.server.max_header_bytes != new.server.max_header_bytes,
+        "server.max_header_bytes (the HTTP parser's limit)",
+    );
     check(old.admin.listen != new.admin.listen, "admin.listen");
     check(old.admin.tls != new.admin.tls, "[admin.tls] file paths");
     check(
@@ -130,14 +146,19 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
 /// Binds the listeners and starts serving in the background.
 /// Credential sources read their variables from `env`.
 pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError> {
+    let telemetry = Telemetry::new();
     // Before binding, so a bad certificate never leaves a port open that cannot serve.
     let tls = match &config.server.tls {
-        Some(files) => Some(Arc::new(TlsTerminator::load(files)?)),
+        Some(files) => Some(Arc::new(TlsTerminator::load(
+            files,
+            "proxy",
+            telemetry.clone(),
+        )?)),
         None => None,
     };
     let admin_tls = match &config.admin.tls {
         Some(files) => Some(Arc::new(
-            TlsTerminator::load(files).map_err(StartError::AdminTls)?,
+            TlsTerminator::load(files, "admin", telemetry.clone()).map_err(StartError::AdminTls)?,
         )),
         None => None,
     };
@@ -162,7 +183,6 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
         );
     }
 
-    let telemetry = Telemetry::new();
     let timing = Timing {
         grace: config.server.shutdown_grace,
         drain_delay: config.server.drain_delay,
@@ -171,7 +191,12 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
         tls: tls.clone(),
         header_timeout: config.server.header_timeout,
         max_connections: config.server.max_connections,
+        max_header_bytes: config.server.max_header_bytes,
         telemetry: telemetry.clone(),
+        refused_heads: Arc::new(FailureLog::new(
+            "request heads over the HTTP parser's limit (answered 431)",
+            "proxy",
+        )),
     };
     let admin_access = AccessPolicy::new(&config.admin.inbound);
     let gateway = Arc::new(ArcSwap::from_pointee(Gateway::build(config, &env)));
@@ -227,6 +252,13 @@ async fn run(
         .flatten()
         .map(|tls| tokio::spawn(tls.watch_files(stopped.clone())))
         .collect();
+    let failure_logs = [settings.tls.as_ref(), admin.tls.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|tls| tls.handshake_failures())
+        .chain([settings.refused_heads.clone()])
+        .collect();
+    let failure_reports = tokio::spawn(failures::report_until(failure_logs, stopped.clone()));
     // The admin listener outlives the proxy's drain so /readyz can report it.
     let (admin_stop, admin_stopped) = watch::channel(false);
     let admin_task =
@@ -258,6 +290,7 @@ async fn run(
     for watcher in watchers {
         let _ = watcher.await;
     }
+    let _ = failure_reports.await;
     admin_stop.send_replace(true);
     if let Some(task) = admin_task {
         let _ = task.await;
