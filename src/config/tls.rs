@@ -416,7 +416,7 @@ pub fn rfc3339(time: SystemTime) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn files(dir: &Path) -> TlsConfig {
@@ -431,8 +431,9 @@ mod tests {
         load(tls, SystemTime::now())
     }
 
-    /// A self-signed certificate valid from `not_before` to `not_after` (Unix seconds).
-    fn certificate(not_before: i64, not_after: i64) -> (String, String) {
+    /// A self-signed certificate valid from `not_before` to `not_after` (Unix seconds), and
+    /// its key, as PEM.
+    pub(crate) fn certificate(not_before: i64, not_after: i64) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params
@@ -448,7 +449,7 @@ mod tests {
         (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
     }
 
-    fn unix_now() -> i64 {
+    pub(crate) fn unix_now() -> i64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()

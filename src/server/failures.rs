@@ -141,11 +141,12 @@ pub async fn report_until(logs: Vec<Arc<FailureLog>>, mut stopped: watch::Receiv
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// Log output of the current thread's subscriber, for unit tests.
     #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Capture(Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Capture {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -158,26 +159,35 @@ mod tests {
     }
 
     impl Capture {
-        /// The INFO lines written so far.
-        fn reports(&self) -> Vec<String> {
+        /// Captures events up to DEBUG until the guard drops.
+        pub(crate) fn install(&self) -> tracing::subscriber::DefaultGuard {
+            let writer = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        /// The lines of `level` written so far.
+        pub(crate) fn lines(&self, level: &str) -> Vec<String> {
             String::from_utf8_lossy(&self.0.lock().unwrap())
                 .lines()
-                .filter(|l| l.contains("INFO"))
+                .filter(|l| l.contains(level))
                 .map(str::to_owned)
                 .collect()
+        }
+
+        fn reports(&self) -> Vec<String> {
+            self.lines("INFO")
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_flood_gives_one_line_per_interval_with_counts_by_reason() {
         let capture = Capture::default();
-        let writer = capture.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let _guard = capture.install();
         let log = Arc::new(FailureLog::new("failed TLS handshakes", "proxy"));
         let (stop, stopped) = watch::channel(false);
         let reporter = tokio::spawn(report_until(vec![log.clone()], stopped));

@@ -290,3 +290,79 @@ pub fn client_subject(conn: &rustls::ServerConnection) -> Option<Arc<str>> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tls::tests::{certificate, unix_now};
+    use crate::server::failures::tests::Capture;
+
+    const DAY: i64 = 86_400;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_certificate_near_expiry_is_warned_about_at_load_then_daily() {
+        crate::install_crypto_provider();
+        let capture = Capture::default();
+        let _guard = capture.install();
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsConfig {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            client_ca: None,
+        };
+        let write = |(cert, key): (String, String)| {
+            std::fs::write(&files.cert, cert).unwrap();
+            std::fs::write(&files.key, key).unwrap();
+        };
+        let now = unix_now();
+        write(certificate(now - DAY, now + 3 * DAY));
+        let telemetry = Telemetry::new();
+        let tls = Arc::new(TlsTerminator::load(&files, "admin", telemetry.clone()).unwrap());
+        let warnings = || capture.lines("WARN");
+        assert_eq!(warnings().len(), 1, "{:?}", warnings());
+        assert!(
+            warnings()[0].contains("the TLS certificate of the admin listener expires in 2days"),
+            "{:?}",
+            warnings()
+        );
+        let gauge = format!(
+            "azgate_tls_certificate_expiry_timestamp_seconds{{listener=\"admin\"}} {}.0",
+            now + 3 * DAY
+        );
+        assert!(
+            telemetry.encode().contains(&gauge),
+            "{}",
+            telemetry.encode()
+        );
+
+        let (stop, stopped) = watch::channel(false);
+        let watching = tokio::spawn(tls.clone().watch_files(stopped));
+        // Polled every 2 s, but said once a day.
+        for _ in 0..60 {
+            tokio::time::advance(POLL_INTERVAL).await;
+        }
+        assert_eq!(warnings().len(), 1, "{:?}", warnings());
+        tokio::time::advance(EXPIRY_REMINDER).await;
+        tokio::time::advance(POLL_INTERVAL).await;
+        assert_eq!(warnings().len(), 2, "{:?}", warnings());
+
+        // Renewed: served, and no more warnings.
+        write(certificate(now - DAY, now + 90 * DAY));
+        tls.reload().unwrap();
+        tokio::time::advance(EXPIRY_REMINDER * 3).await;
+        tokio::time::advance(POLL_INTERVAL).await;
+        assert_eq!(warnings().len(), 2, "{:?}", warnings());
+        let gauge = format!(
+            "azgate_tls_certificate_expiry_timestamp_seconds{{listener=\"admin\"}} {}.0",
+            now + 90 * DAY
+        );
+        assert!(
+            telemetry.encode().contains(&gauge),
+            "{}",
+            telemetry.encode()
+        );
+
+        stop.send_replace(true);
+        watching.await.unwrap();
+    }
+}
