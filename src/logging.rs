@@ -14,12 +14,11 @@ use crate::config::{LogConfig, LogFormat};
 /// only errors unless a filter names it (`RUST_LOG=info,rustls=warn`).
 const RUSTLS_DEFAULT: &str = "rustls=error";
 
-/// The filter from `RUST_LOG`, else from `level` (else `info`), with rustls quietened
-/// unless the filter names it.
-fn filter(level: &str) -> EnvFilter {
-    let from_env = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|text| !text.trim().is_empty() && EnvFilter::builder().parse(text).is_ok());
+/// The filter from `rust_log` (`RUST_LOG`), else from `level` (else `info`), with rustls
+/// quietened unless the filter names it.
+fn filter(level: &str, rust_log: Option<String>) -> EnvFilter {
+    let from_env =
+        rust_log.filter(|text| !text.trim().is_empty() && EnvFilter::builder().parse(text).is_ok());
     let text = from_env.as_deref().unwrap_or(level);
     let filter = EnvFilter::builder()
         .parse(text)
@@ -35,7 +34,7 @@ fn filter(level: &str) -> EnvFilter {
 
 /// Installs the global subscriber. Safe to call more than once (later calls are no-ops).
 pub fn init(config: &LogConfig) {
-    let filter = filter(&config.level);
+    let filter = filter(&config.level, std::env::var("RUST_LOG").ok());
     // Colours only on a terminal: piped and collected logs stay plain text.
     let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
@@ -55,10 +54,40 @@ pub fn init(config: &LogConfig) {
 /// For one-shot commands (`token`, `check --probe`): warnings and errors only, so stdout
 /// stays clean for scripts.
 pub fn init_quiet() {
-    let filter = filter("warn");
+    let filter = filter("warn", std::env::var("RUST_LOG").ok());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Whether a WARN event of rustls's, and an INFO event of azgate's, pass the filter.
+    fn passes(level: &str, rust_log: Option<&str>) -> (bool, bool) {
+        let subscriber =
+            tracing_subscriber::registry().with(filter(level, rust_log.map(str::to_owned)));
+        tracing::subscriber::with_default(subscriber, || {
+            (
+                tracing::event_enabled!(target: "rustls::msgs::handshake", Level::WARN),
+                tracing::event_enabled!(target: "azgate::server", Level::INFO),
+            )
+        })
+    }
+
+    #[test]
+    fn rustls_warnings_are_off_unless_a_filter_names_rustls() {
+        assert_eq!(passes("info", None), (false, true));
+        assert_eq!(passes("debug", Some("")), (false, true));
+        assert_eq!(passes("info", Some("not a [filter")), (false, true));
+        assert_eq!(passes("info", Some("info,rustls=warn")), (true, true));
+        assert_eq!(passes("info,rustls=warn", None), (true, true));
+        assert_eq!(passes("info", Some("warn")), (false, false));
+    }
 }

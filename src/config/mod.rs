@@ -1,5 +1,6 @@
 //! Configuration: TOML text -> `${VAR}` interpolation -> raw serde model (`raw`) ->
-//! validated, typed `Config` (`validate`, `credentials`, `routes`).
+//! validated, typed `Config` (`validate`, `credentials`, `routes`). `tls` loads the TLS
+//! files, for validation and for the server alike.
 //!
 //! Every problem in a file is collected and reported together, each with its key path,
 //! so one run of `azgate check` shows everything that needs fixing.
