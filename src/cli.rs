@@ -320,6 +320,12 @@ fn serve(source: ConfigSource) -> ExitCode {
         let mut signals = server::shutdown::Signals::install();
         let running = match server::start(config, crate::env::Env::process()).await {
             Ok(running) => running,
+            // Unusable TLS files are a config problem (`check` reports them too), unless
+            // they changed between validation and start; a taken port is not.
+            Err(err) if err.is_config() => {
+                tracing::error!("{err}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             Err(err) => {
                 tracing::error!("{err}");
                 return ExitCode::FAILURE;

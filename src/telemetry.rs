@@ -48,6 +48,17 @@ struct RetryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: String,
 }
@@ -104,6 +115,8 @@ pub struct Telemetry {
     reloads: Family<OutcomeLabel, Counter>,
     failovers: Family<CredentialLabel, Counter>,
     connections: Gauge,
+    handshake_failures: Family<HandshakeLabels, Counter>,
+    certificate_expiry: Family<ListenerLabel, Gauge<f64, AtomicU64>>,
     gateway: Arc<OnceLock<Arc<ArcSwap<Gateway>>>>,
     history: Mutex<VecDeque<RequestRecord>>,
     routes: Mutex<HashMap<Arc<str>, RouteSamples>>,
@@ -134,6 +147,8 @@ impl Telemetry {
         let reloads = Family::<OutcomeLabel, Counter>::default();
         let connections = Gauge::default();
         let failovers = Family::<CredentialLabel, Counter>::default();
+        let handshake_failures = Family::<HandshakeLabels, Counter>::default();
+        let certificate_expiry = Family::<ListenerLabel, Gauge<f64, AtomicU64>>::default();
         let gateway = Arc::new(OnceLock::new());
 
         let mut registry = Registry::with_prefix("azgate");
@@ -177,6 +192,16 @@ impl Telemetry {
             "Switches from a refused primary subscription key to the secondary",
             failovers.clone(),
         );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by listener and reason",
+            handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate chain each listener serves expires (Unix time)",
+            certificate_expiry.clone(),
+        );
         registry.register_collector(Box::new(TokenCollector(gateway.clone())));
         Arc::new(Self {
             registry,
@@ -188,6 +213,8 @@ impl Telemetry {
             reloads,
             failovers,
             connections,
+            handshake_failures,
+            certificate_expiry,
             gateway,
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             routes: Mutex::new(HashMap::new()),
@@ -279,6 +306,34 @@ impl Telemetry {
         self.failovers
             .get_or_create(&CredentialLabel {
                 credential: credential.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed TLS handshake; `reason` is one of a small fixed set.
+    pub fn record_handshake_failure(&self, listener: &'static str, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&HandshakeLabels { listener, reason })
+            .inc();
+    }
+
+    /// Sets when the certificate chain served on `listener` expires.
+    pub fn set_certificate_expiry(&self, listener: &'static str, not_after: SystemTime) {
+        let at = not_after.duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.certificate_expiry
+            .get_or_create(&ListenerLabel { listener })
+            .set(at.as_secs_f64());
+    }
+
+    /// Counts a request that hyper's parser refused before azgate saw it (its head was
+    /// over the parser's limit): `azgate_requests_total{route="none",method="other"}`,
+    /// since neither is known.
+    pub fn record_refused_head(&self, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: self.no_route.clone(),
+                method: "other",
+                status,
             })
             .inc();
     }

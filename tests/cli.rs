@@ -1,9 +1,13 @@
 //! The binary: `check`, `serve`, `--version`, exit statuses and listener log lines.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use support::tls::TlsFiles;
 
 fn azgate() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_azgate"));
@@ -185,6 +189,89 @@ fn check_refuses_listeners_that_would_collide() {
     assert_eq!(
         out.status.code(),
         Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_and_serve_refuse_tls_files_serve_could_not_use_and_exit_2() {
+    let files = TlsFiles::new("server", None);
+    let dir = files.dir.path();
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let expired = files
+        .ca
+        .server_valid("old-admin", now - 30 * day, now - day);
+    std::fs::write(dir.join("admin.pem"), &expired.cert_pem).unwrap();
+    std::fs::write(dir.join("admin.key"), &expired.key_pem).unwrap();
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\
+         [server.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [admin.tls]\ncert = \"admin.pem\"\nkey = \"admin.key\"\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\ntypo = 1\n",
+    )
+    .unwrap();
+    // A key that belongs to another certificate: `serve` used to be the first to notice.
+    let stray = files.ca.server("other");
+    std::fs::write(&files.key, &stray.key_pem).unwrap();
+    let file = config.display().to_string();
+    for command in ["check", "serve"] {
+        let out = azgate()
+            .args([command, "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        for want in [
+            format!("{file}: server.tls: cannot use the certificate"),
+            format!("{file}: admin.tls.cert: the certificate \"CN=old-admin\""),
+            format!("{file}: routes[0].typo: unknown key"),
+            "azgate: the config has 3 problem(s)".to_string(),
+        ] {
+            assert!(
+                stderr.contains(&want),
+                "{command}: no {want:?} in:\n{stderr}"
+            );
+        }
+        assert!(stderr.contains("expired at"), "{stderr}");
+        let key_body = stray.key_pem.lines().nth(1).unwrap();
+        assert!(!stderr.contains(key_body), "{stderr}");
+    }
+
+    // Not valid yet is refused the same way; valid files pass.
+    files.write(&files.ca.server_valid("future", now + day, now + 90 * day));
+    let fine = files.ca.server("admin");
+    std::fs::write(dir.join("admin.pem"), &fine.cert_pem).unwrap();
+    std::fs::write(dir.join("admin.key"), &fine.key_pem).unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("typo = 1\n", "");
+    std::fs::write(&config, text).unwrap();
+    let out = azgate()
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("server.tls.cert: the certificate \"CN=future\"")
+            && stderr.contains("is not valid before"),
+        "{stderr}"
+    );
+    files.write(&files.ca.server("server"));
+    let out = azgate()
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -534,3 +534,142 @@ async fn cookies_and_challenges_pass_through_and_credentials_are_not_echoed() {
     );
     assert!(!format!("{:?}", response.headers()).contains("INJECTED-KEY"));
 }
+
+/// A raw HTTP/1.1 GET of `path` carrying `headers` (name, value length) of filler.
+fn request_with_headers(path: &str, headers: &[(&str, usize)]) -> Vec<u8> {
+    let mut out = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n").into_bytes();
+    for (name, len) in headers {
+        out.extend_from_slice(format!("{name}: {}\r\n", "v".repeat(*len)).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+// A current-thread runtime keeps every task on this thread, under the scoped subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn oversized_request_heads_get_431_are_logged_counted_and_never_forwarded() {
+    let capture = support::logs::LogCapture::default();
+    let _guard = capture.install_json(tracing::Level::INFO);
+    let upstream = Scripted::start(vec![reply(200).body("forwarded")]).await;
+    let gw = Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\n",
+        upstream.url
+    ))
+    .await;
+    let big = "v".repeat(100_000);
+
+    // Under the default 64 KiB: forwarded.
+    let (code, body) = raw(gw.addr, &request_with_headers("/", &[("x-fill", 60_000)])).await;
+    assert_eq!((code, body.as_str()), (200, "forwarded"));
+
+    // One 100,000-byte header, over HTTP/1.1 and HTTP/2: azgate's own JSON 431.
+    for client in [client(), support::h2c_client()] {
+        let response = client
+            .get(format!("{}/big", gw.url))
+            .header("x-big", &big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 431);
+        assert_eq!(response.headers()["x-azgate-error"], "headers_too_large");
+        let error = support::json(response).await;
+        assert_eq!(error["error"]["code"], "headers_too_large");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("65536"), "{message}");
+    }
+
+    // 60 headers of 8 KB (480 KB) are past what the parser reads: hyper answers 431.
+    let many: Vec<(&str, usize)> = (0..60).map(|_| ("x-fill", 8192)).collect();
+    let (code, _) = raw(gw.addr, &request_with_headers("/", &many)).await;
+    assert_eq!(code, 431);
+
+    assert_eq!(
+        upstream.count(),
+        1,
+        "only the request under the limit went upstream"
+    );
+    // Access lines and metrics are written when each response body ends.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let server = gw.into_server();
+    let metrics = support::metrics::samples(&server.telemetry.encode());
+    let requests = |method, status| {
+        let labels = [("route", "none"), ("method", method), ("status", status)];
+        support::metrics::get(&metrics, "azgate_requests_total", &labels)
+    };
+    assert_eq!(requests("GET", "431"), 2.0);
+    assert_eq!(
+        requests("other", "431"),
+        1.0,
+        "hyper's own 431 is counted too"
+    );
+    server.shutdown();
+    server.wait().await;
+
+    let events = capture.events();
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e["target"] == "azgate::access" && e["status"] == 431)
+        .collect();
+    assert_eq!(refused.len(), 2, "{}", capture.text());
+    for event in refused {
+        assert_eq!(event["error"], "headers_too_large");
+        assert_eq!(event["path"], "/big");
+    }
+    let parser = events
+        .iter()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("request heads over the HTTP parser's limit"))
+        })
+        .count();
+    assert_eq!(parser, 1, "{}", capture.text());
+    assert!(
+        !capture.text().contains(&big[..1000]),
+        "header values are not logged"
+    );
+}
+
+#[tokio::test]
+async fn max_header_bytes_sets_the_limit() {
+    let upstream = Scripted::start(vec![reply(200).body("forwarded")]).await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_header_bytes = \"16KiB\"\n[admin]\nlisten = \"\"\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"{}\"\n",
+        upstream.url
+    );
+    let gw = Azgate::start_with(&text, std::path::Path::new("."), &HashMap::new()).await;
+    let (code, _) = raw(gw.addr, &request_with_headers("/", &[("x-fill", 12_000)])).await;
+    assert_eq!(code, 200);
+    let (code, body) = raw(gw.addr, &request_with_headers("/", &[("x-fill", 20_000)])).await;
+    assert_eq!(code, 431);
+    assert!(body.contains("\"headers_too_large\""), "{body}");
+    assert!(body.contains("16384"), "{body}");
+    // Past twice the limit the parser stops reading: memory per connection stays bounded.
+    let (code, body) = raw(gw.addr, &request_with_headers("/", &[("x-fill", 40_000)])).await;
+    assert_eq!(code, 431);
+    assert!(!body.contains("headers_too_large"), "{body}");
+    assert_eq!(upstream.count(), 1);
+    gw.stop().await;
+
+    for bad in ["100", "2MiB", "lots"] {
+        let text = format!("[server]\nmax_header_bytes = \"{bad}\"\n");
+        let err = azgate::config::parse(&text, "t.toml", std::path::Path::new("."), &|_| None)
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"))
+            .to_string();
+        assert!(err.contains("t.toml: server.max_header_bytes: "), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn the_admin_listener_reads_bounded_request_heads() {
+    let gw = Azgate::start("").await;
+    let admin: std::net::SocketAddr = gw.admin_url.as_deref().unwrap()["http://".len()..]
+        .parse()
+        .unwrap();
+    let healthz = |fill: usize| request_with_headers("/healthz", &[("x-fill", fill)]);
+    assert_eq!(raw(admin, &healthz(16_000)).await.0, 200);
+    assert_eq!(raw(admin, &healthz(100_000)).await.0, 431);
+    gw.stop().await;
+}

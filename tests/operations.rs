@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use support::entra::MockEntra;
+use support::metrics::{get, samples};
 use support::scripted::{Scripted, reply};
 use support::{Azgate, MockUpstream, body_text, client, status};
 
@@ -24,46 +25,6 @@ fn client_secret(name: &str, entra: &MockEntra, client_id: &str) -> String {
         "#,
         entra.url
     )
-}
-
-type Samples = HashMap<(String, Vec<(String, String)>), f64>;
-
-/// Prometheus samples as (name, sorted labels) -> value.
-fn samples(text: &str) -> Samples {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse");
-    scrape
-        .samples
-        .into_iter()
-        .map(|s| {
-            let mut labels: Vec<(String, String)> = s
-                .labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            labels.sort();
-            let value = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                prometheus_parse::Value::Histogram(_) | prometheus_parse::Value::Summary(_) => {
-                    f64::NAN
-                }
-            };
-            ((s.metric, labels), value)
-        })
-        .collect()
-}
-
-fn get(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut labels: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    labels.sort();
-    *samples
-        .get(&(name.to_string(), labels.clone()))
-        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
 }
 
 #[tokio::test]

@@ -4,13 +4,16 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{StatusCode, Version};
 use rustls::ProtocolVersion;
 use support::logs::LogCapture;
+use support::metrics::{get, samples};
 use support::tls::{Authority, ClientOptions, Leaf, TlsFiles, unwrap_pkcs8};
 use support::{Azgate, MockUpstream};
 use tokio::io::AsyncReadExt;
@@ -137,7 +140,15 @@ async fn mtls_serves_only_clients_of_the_trusted_ca_and_logs_their_subject() {
             "{refusal:?}"
         );
     }
-    gw.stop().await;
+    let server = gw.into_server();
+    let metrics = samples(&server.telemetry.encode());
+    server.shutdown();
+    server.wait().await;
+    for reason in ["no_client_cert", "bad_client_cert"] {
+        let labels = [("listener", "proxy"), ("reason", reason)];
+        let counted = get(&metrics, "azgate_tls_handshake_failures_total", &labels);
+        assert_eq!(counted, 2.0, "{reason}");
+    }
 
     let events = capture.events();
     let access: Vec<_> = events
@@ -150,16 +161,25 @@ async fn mtls_serves_only_clients_of_the_trusted_ca_and_logs_their_subject() {
         assert_eq!(event["path"], "/with-cert");
         assert_eq!(event["status"], 200);
     }
-    let rejected = events
+    // Refused clients are unauthenticated: no line each, but the first at once and the
+    // rest in a summary (here at shutdown), with the reasons.
+    let reports: Vec<_> = events
         .iter()
         .filter(|e| {
             e["level"] == "INFO"
                 && e["message"]
                     .as_str()
-                    .is_some_and(|m| m.starts_with("TLS client certificate rejected"))
+                    .is_some_and(|m| m.starts_with("failed TLS handshakes on the proxy listener"))
         })
-        .count();
-    assert_eq!(rejected, refusals.len(), "{}", capture.text());
+        .collect();
+    assert_eq!(reports.len(), 2, "{}", capture.text());
+    let total: u64 = reports.iter().filter_map(|e| e["failures"].as_u64()).sum();
+    assert_eq!(total, refusals.len() as u64, "{}", capture.text());
+    let last = reports[1]["message"].as_str().unwrap();
+    assert!(
+        last.contains("no_client_cert") && last.contains("bad_client_cert"),
+        "{last}"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -258,19 +278,40 @@ async fn a_key_that_does_not_match_the_certificate_stops_the_start() {
     let upstream = MockUpstream::echo().await;
     let files = TlsFiles::new("server", None);
     let stray = files.ca.server("other");
-    std::fs::write(&files.key, &stray.key_pem).unwrap();
+    let key_body = stray.key_pem.lines().nth(1).unwrap().to_string();
     let text = files.config(&upstream.url, false, "");
+
+    // The config check loads the files as the server does, so it refuses them...
+    std::fs::write(&files.key, &stray.key_pem).unwrap();
+    let err = azgate::config::parse(&text, "test.toml", files.dir.path(), &|_| None)
+        .expect_err("a key that does not match its certificate is a config problem")
+        .to_string();
+    assert!(
+        err.contains("test.toml: server.tls: cannot use the certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.pem") && err.contains("server.key"),
+        "{err}"
+    );
+    assert!(!err.contains(&key_body), "{err}");
+
+    // ...and so does the start, should the files change after the check.
+    let good = files.ca.server("server");
+    files.write(&good);
     let config = azgate::config::parse(&text, "test.toml", files.dir.path(), &|_| None).unwrap();
+    std::fs::write(&files.key, &stray.key_pem).unwrap();
     let env = azgate::env::Env::from_map(Default::default());
     let err = match azgate::server::start(config, env).await {
         Ok(_) => panic!("started with a key that does not match its certificate"),
-        Err(err) => err.to_string(),
+        Err(err) => err,
     };
+    assert!(err.is_config());
+    let err = err.to_string();
     assert!(err.contains("[server.tls]"), "{err}");
     assert!(err.contains("server.pem"), "{err}");
     assert!(err.contains("server.key"), "{err}");
-    let key_body = stray.key_pem.lines().nth(1).unwrap();
-    assert!(!err.contains(key_body), "{err}");
+    assert!(!err.contains(&key_body), "{err}");
 }
 
 #[tokio::test]
@@ -385,4 +426,222 @@ async fn in_flight_https_requests_finish_after_shutdown_begins() {
     tokio::time::timeout(Duration::from_secs(5), server.wait())
         .await
         .expect("drained once the requests finished");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn rotation_refuses_certificates_outside_their_validity_and_keeps_serving() {
+    let capture = LogCapture::default();
+    let _guard = capture.install_json(tracing::Level::INFO);
+    let upstream = MockUpstream::echo().await;
+    let files = TlsFiles::new("server-1", None);
+    let gw = start(&files, &upstream, false, "").await;
+    let client = files.client();
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+
+    // An expired certificate: refused with an error, server-1 stays.
+    let mark = capture.text().len();
+    files.write(&files.ca.server_valid("expired", now - 30 * day, now - day));
+    capture
+        .wait_for(mark, "new TLS certificate refused", Duration::from_secs(5))
+        .await;
+    let refusal = capture.events().into_iter().rev().find(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("new TLS certificate refused"))
+    });
+    let refusal = refusal.unwrap();
+    assert_eq!(refusal["level"], "ERROR");
+    assert!(
+        refusal["message"].as_str().unwrap().contains("CN=expired"),
+        "{refusal}"
+    );
+    let mut session = client.open(gw.addr).await.unwrap();
+    assert_eq!(session.server_subject, "CN=server-1");
+    assert_eq!(session.get("/").await.unwrap().1, StatusCode::OK);
+
+    // One valid from a few seconds on: refused now, served once valid, with no further
+    // change of the files.
+    let mark = capture.text().len();
+    // Certificates hold whole seconds.
+    let whole = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let valid_from = UNIX_EPOCH + Duration::from_secs(whole + 4);
+    let not_after = valid_from + 90 * day;
+    files.write(&files.ca.server_valid("early", valid_from, not_after));
+    capture
+        .wait_for(mark, "is not valid before", Duration::from_secs(5))
+        .await;
+    if SystemTime::now() < valid_from {
+        let session = client.open(gw.addr).await.unwrap();
+        assert_eq!(session.server_subject, "CN=server-1");
+    }
+    wait_for_subject(&client, gw.addr, "CN=early").await;
+    assert!(SystemTime::now() >= valid_from);
+
+    let server = gw.into_server();
+    let metrics = samples(&server.telemetry.encode());
+    let expiry = get(
+        &metrics,
+        "azgate_tls_certificate_expiry_timestamp_seconds",
+        &[("listener", "proxy")],
+    );
+    let want = not_after.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(expiry, want as f64);
+    drop(session);
+    server.shutdown();
+    server.wait().await;
+}
+
+/// `azgate serve` as a child process: its stderr lines arrive on the channel.
+struct Serving {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Serving {
+    fn start(config: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_azgate"))
+            .env_remove("AZGATE_CONFIG")
+            .env_remove("RUST_LOG")
+            .args(["serve", "-c"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Lines until one contains `needle` (returned last); panics after 10 s.
+    fn until(&self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("no {needle:?} in:\n{}", seen.join("\n")));
+            let done = line.contains(needle);
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// The lines written so far.
+    fn drain(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    /// SIGTERM, then every line until the process exits 0.
+    fn stop(mut self) -> Vec<String> {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0));
+        self.lines.iter().collect()
+    }
+}
+
+/// The address of the listener that logged `listening on https://…`.
+fn listening(line: &str) -> SocketAddr {
+    let event: serde_json::Value = serde_json::from_str(line).unwrap();
+    event["addr"].as_str().unwrap().parse().unwrap()
+}
+
+// The real binary, because the flood came from rustls's own `log` output, which only the
+// process-wide log bridge `azgate serve` installs turns into log lines.
+#[tokio::test]
+async fn a_flood_of_refused_handshakes_is_counted_and_summarised_not_logged_per_connection() {
+    let files = TlsFiles::new("server", None);
+    let config = files.dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n\
+         [server.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [admin.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         [log]\nformat = \"json\"\nlevel = \"info\"\n",
+    )
+    .unwrap();
+    let serving = Serving::start(&config);
+    let proxy = listening(serving.until("proxy listening on https://").last().unwrap());
+    let admin = listening(serving.until("admin listening on https://").last().unwrap());
+
+    let hello = support::tls::client_hello_with_bad_sni();
+    for _ in 0..200 {
+        support::tls::send_hello(proxy, &hello).await;
+    }
+    for _ in 0..20 {
+        support::tls::send_hello(admin, &hello).await;
+    }
+    let mut session = files.client().open(admin).await.unwrap();
+    let (_, status, text) = session.get("/metrics").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    drop(session);
+    let metrics = samples(&text);
+    for (listener, n) in [("proxy", 200.0), ("admin", 20.0)] {
+        let labels = [("listener", listener), ("reason", "sni")];
+        assert_eq!(
+            get(&metrics, "azgate_tls_handshake_failures_total", &labels),
+            n,
+            "{listener}"
+        );
+        let expiry = get(
+            &metrics,
+            "azgate_tls_certificate_expiry_timestamp_seconds",
+            &[("listener", listener)],
+        );
+        // rcgen's default validity runs to the year 4096.
+        assert!(expiry > 4_000_000_000.0, "{listener}: {expiry}");
+    }
+
+    // 220 refused handshakes: one line per listener so far (the first, at once), none
+    // from rustls.
+    let during = serving.drain();
+    let about_handshakes = |lines: &[String]| -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l.contains("SNI") || l.contains("handshake"))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let reported = about_handshakes(&during);
+    assert_eq!(reported.len(), 2, "{during:#?}");
+    // The rest is summarised within seconds; here at shutdown.
+    let after = serving.stop();
+    let reported: Vec<_> = reported
+        .into_iter()
+        .chain(about_handshakes(&after))
+        .collect();
+    assert!(reported.len() <= 4, "{reported:#?}");
+    for (listener, n) in [("proxy", 200), ("admin", 20)] {
+        let total: u64 = reported
+            .iter()
+            .filter(|e| e["listener"] == listener)
+            .map(|e| e["failures"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, n, "{listener}: {reported:#?}");
+    }
+    for event in &reported {
+        assert_eq!(event["level"], "INFO", "{event}");
+        let want = format!("sni {}", event["failures"]);
+        assert_eq!(event["reasons"], want.as_str(), "{event}");
+    }
 }

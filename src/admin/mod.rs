@@ -53,6 +53,9 @@ pub struct AdminState {
 
 /// A client must finish its TLS handshake and request head within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head the admin endpoints read (hyper answers 431 beyond it): room
+/// for a browser's cookies on the status page, and a bound on what a connection can hold.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Resolves once `stop` turns true (or its sender is gone).
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -89,7 +92,9 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<AdminS
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT);
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder.http2().max_header_list_size(MAX_HEAD_BYTES as u32);
     let result = match &state.tls {
         Some(tls) => {
             let handshake = tls.acceptor().accept(stream);
@@ -100,10 +105,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<AdminS
                         .await
                 }
                 Ok(Err(err)) => {
-                    tracing::debug!(%peer, "admin TLS handshake failed: {err}");
+                    tls.handshake_failed(peer, &err);
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    tls.handshake_timed_out(peer);
+                    return;
+                }
             }
         }
         None => {

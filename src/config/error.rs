@@ -64,6 +64,8 @@ impl Problems {
 pub fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_string()
+    } else if key.is_empty() {
+        parent.to_string()
     } else if key.starts_with('[') {
         format!("{parent}{key}")
     } else {

@@ -1,5 +1,6 @@
 //! Configuration: TOML text -> `${VAR}` interpolation -> raw serde model (`raw`) ->
-//! validated, typed `Config` (`validate`, `credentials`, `routes`).
+//! validated, typed `Config` (`validate`, `credentials`, `routes`). `tls` loads the TLS
+//! files, for validation and for the server alike.
 //!
 //! Every problem in a file is collected and reported together, each with its key path,
 //! so one run of `azgate check` shows everything that needs fixing.
@@ -12,6 +13,7 @@ mod raw;
 mod retry;
 mod routes;
 mod server;
+pub mod tls;
 mod units;
 mod validate;
 
@@ -94,6 +96,9 @@ pub struct ServerConfig {
     /// Length of the proxy listener's accept queue; `None` takes the system's
     /// `net.core.somaxconn` at start (the kernel caps any value at it anyway).
     pub backlog: Option<u32>,
+    /// Largest request head (target plus header names and values) answered; a larger one
+    /// gets 431 `headers_too_large` (default 64 KiB).
+    pub max_header_bytes: usize,
     /// HTTPS on the proxy listener.
     pub tls: Option<TlsConfig>,
     pub inbound: InboundConfig,

@@ -25,6 +25,7 @@ pub struct RawServer {
     pub body_idle_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub backlog: Option<u32>,
+    pub max_header_bytes: Option<String>,
     pub tls: Option<toml::Table>,
     pub inbound: Option<toml::Table>,
 }

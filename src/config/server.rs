@@ -3,11 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
 use super::error::{Problems, join};
@@ -26,6 +24,10 @@ const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// The kernel caps a listen backlog at `net.core.somaxconn` (65535 at most on Linux).
 const MAX_BACKLOG: u32 = 65_535;
+const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Bounds for `server.max_header_bytes`: below 1 KiB ordinary requests fail; above 1 MiB
+/// every connection could hold megabytes for its request head.
+const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=1024 * 1024;
 
 /// `[server.tls]`.
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +99,18 @@ pub fn validate(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> Ser
         Some(n) => n,
         None => DEFAULT_MAX_CONNECTIONS,
     };
+    let max_header_bytes = match raw.max_header_bytes.as_deref().map(units::parse_size) {
+        None => DEFAULT_MAX_HEADER_BYTES,
+        Some(Ok(n)) if MAX_HEADER_BYTES_RANGE.contains(&n) => n as usize,
+        Some(Ok(_)) => {
+            problems.push("server.max_header_bytes", "must be between 1KiB and 1MiB");
+            DEFAULT_MAX_HEADER_BYTES
+        }
+        Some(Err(m)) => {
+            problems.push("server.max_header_bytes", m);
+            DEFAULT_MAX_HEADER_BYTES
+        }
+    };
     let tls = raw
         .tls
         .and_then(|table| raw::section::<RawTls>(toml::Value::Table(table), "server.tls", problems))
@@ -131,6 +145,7 @@ pub fn validate(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> Ser
         body_idle_timeout,
         max_connections,
         backlog,
+        max_header_bytes,
         tls,
         inbound,
     }
@@ -188,100 +203,36 @@ pub fn listeners_collide(a: SocketAddr, b: SocketAddr) -> bool {
     x == y || covers(x, y) || covers(y, x)
 }
 
+/// `[server.tls]` or `[admin.tls]`: the file paths, and the files loaded exactly as the
+/// server loads them (`config::tls`), so a problem `serve` would meet is reported here.
 pub fn tls(
     raw: RawTls,
     section: &str,
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Option<TlsConfig> {
-    let cert = match raw.cert {
-        Some(file) => {
-            let path = base_dir.join(file);
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|pem| {
-                    let certs = CertificateDer::pem_slice_iter(&pem)
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| e.to_string())?;
-                    if certs.is_empty() {
-                        Err("no CERTIFICATE block".to_string())
-                    } else {
-                        Ok(())
-                    }
-                }) {
-                Ok(()) => Some(path),
-                Err(e) => {
-                    problems.push(
-                        join(section, "cert"),
-                        format!("\"{}\": {e}", path.display()),
-                    );
-                    None
-                }
-            }
-        }
+    let mut path = |file: Option<String>, key: &str, what: &str| match file {
+        Some(file) => Some(base_dir.join(file)),
         None => {
-            problems.push(join(section, "cert"), "missing key (PEM certificate chain)");
+            problems.push(join(section, key), format!("missing key ({what})"));
             None
         }
     };
-    let key = match raw.key {
-        Some(file) => {
-            let path = base_dir.join(file);
-            match std::fs::read(&path) {
-                Ok(pem) if PrivateKeyDer::from_pem_slice(&pem).is_ok() => Some(path),
-                Ok(_) => {
-                    problems.push(
-                        join(section, "key"),
-                        format!(
-                            "\"{}\" holds no PKCS#1, SEC1 or PKCS#8 private key",
-                            path.display()
-                        ),
-                    );
-                    None
-                }
-                Err(e) => {
-                    problems.push(
-                        join(section, "key"),
-                        format!("cannot read \"{}\": {e}", path.display()),
-                    );
-                    None
-                }
-            }
-        }
-        None => {
-            problems.push(join(section, "key"), "missing key (PEM private key)");
-            None
-        }
-    };
-    let client_ca = raw.client_ca.and_then(|file| {
-        let path = base_dir.join(file);
-        match std::fs::read(&path).map(|pem| {
-            CertificateDer::pem_slice_iter(&pem)
-                .filter_map(Result::ok)
-                .count()
-        }) {
-            Ok(n) if n > 0 => Some(path),
-            Ok(_) => {
-                problems.push(
-                    join(section, "client_ca"),
-                    format!("\"{}\" holds no CERTIFICATE block", path.display()),
-                );
-                None
-            }
-            Err(e) => {
-                problems.push(
-                    join(section, "client_ca"),
-                    format!("cannot read \"{}\": {e}", path.display()),
-                );
-                None
-            }
-        }
-    });
-    Some(TlsConfig {
+    let cert = path(raw.cert, "cert", "PEM certificate chain");
+    let key = path(raw.key, "key", "PEM private key");
+    let files = TlsConfig {
         cert: cert?,
         key: key?,
-        client_ca,
-    })
+        client_ca: raw.client_ca.map(|file| base_dir.join(file)),
+    };
+    if let Err(found) = super::tls::load(&files, SystemTime::now()) {
+        for err in found.0 {
+            problems.push(join(section, err.key()), err.to_string());
+        }
+    }
+    // The paths stand even when the files do not: the problems above fail the config,
+    // and the listener checks below still see that TLS (and mTLS) was asked for.
+    Some(files)
 }
 
 pub fn inbound(raw: RawInbound, section: &str, problems: &mut Problems) -> InboundConfig {

@@ -37,6 +37,11 @@ pub enum ProxyError {
     Forbidden(String),
     #[error("the request body is larger than this route's limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    #[error(
+        "the request headers ({size} bytes with the request target) are larger than this \
+         proxy's limit of {limit} bytes"
+    )]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("{0}")]
     RequestTimeout(String),
     #[error(transparent)]
@@ -57,6 +62,7 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
+            ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::RequestTimeout(_) => "request_timeout",
             ProxyError::CredentialUnavailable(_) => "credential_unavailable",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -72,6 +78,7 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::CredentialUnavailable(_) | ProxyError::UpstreamUnreachable { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -146,6 +153,14 @@ mod tests {
                 "method_not_allowed",
             ),
             (ProxyError::BadRequest("bad".into()), 400, "bad_request"),
+            (
+                ProxyError::HeadersTooLarge {
+                    size: 70_000,
+                    limit: 65_536,
+                },
+                431,
+                "headers_too_large",
+            ),
             (
                 ProxyError::CredentialUnavailable(CredentialError {
                     credential: "arm".into(),

@@ -133,7 +133,8 @@ async fn forward(
     log: &mut AccessLog,
 ) -> Result<(Response<ProxyBody>, std::time::Duration), ProxyError> {
     // inbound check
-    let admitted = inbound::admit(&request, conn, &gateway.access)?;
+    let max_header_bytes = gateway.config.server.max_header_bytes;
+    let admitted = inbound::admit(&request, conn, &gateway.access, max_header_bytes)?;
     log.client = Some(admitted.client);
 
     // route

@@ -74,7 +74,7 @@ pub(super) async fn serve_http<S>(
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
-                    tracing::debug!(%peer, "connection ended: {err}");
+                    connection_failed(shared, peer, &*err);
                 }
                 return;
             }
@@ -85,6 +85,25 @@ pub(super) async fn serve_http<S>(
                 asked_to_go = true;
             }
         }
+    }
+}
+
+/// How a connection's error is reported: a head hyper's parser refused (it answered 431
+/// itself; HTTP/1.1 only, HTTP/2 refuses per stream, unseen) is counted and summarised,
+/// anything else (a reset, a deadline) is a debug line.
+fn connection_failed(
+    shared: &Shared,
+    peer: std::net::SocketAddr,
+    err: &(dyn std::error::Error + Send + Sync + 'static),
+) {
+    let head_too_large = err
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_parse_too_large);
+    if head_too_large {
+        shared.telemetry.record_refused_head(431);
+        shared.refused_heads.record("headers_too_large", peer, err);
+    } else {
+        tracing::debug!(%peer, "connection ended: {err}");
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{StreamExecutor, serve_http};
+use super::failures::FailureLog;
 use super::lifecycle::{Lifecycle, Phase, reached};
 use super::tls::{self, TlsTerminator};
 use crate::proxy::{ConnInfo, Proxy};
@@ -34,8 +35,12 @@ pub struct ListenerSettings {
     pub idle_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// azgate answers heads over this with its own 431; hyper's parser stops at twice it.
+    pub max_header_bytes: usize,
     /// Counts open connections and requests in flight.
     pub telemetry: Arc<Telemetry>,
+    /// Request heads hyper's parser refused, summarised in the log.
+    pub refused_heads: Arc<FailureLog>,
 }
 
 /// Connections (and their HTTP/2 streams) being served; drained on shutdown.
@@ -91,7 +96,8 @@ pub(super) struct Shared {
     tls: Option<Arc<TlsTerminator>>,
     pub(super) handshake_timeout: Duration,
     pub(super) idle_timeout: Duration,
-    telemetry: Arc<Telemetry>,
+    pub(super) telemetry: Arc<Telemetry>,
+    pub(super) refused_heads: Arc<FailureLog>,
 }
 
 /// Accepts and serves connections until the lifecycle reaches `Closing`; then stops
@@ -102,6 +108,7 @@ pub async fn accept_until(
     settings: ListenerSettings,
     mut phase: watch::Receiver<Phase>,
 ) -> Connections {
+    let head_limit = parser_head_limit(settings.max_header_bytes);
     let tasks = TaskTracker::new();
     let mut builder = auto::Builder::new(StreamExecutor {
         tasks: tasks.clone(),
@@ -114,11 +121,13 @@ pub async fn accept_until(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
+        .max_buf_size(head_limit)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .max_header_list_size(u32::try_from(head_limit).unwrap_or(u32::MAX))
         .adaptive_window(true);
     let shared = Arc::new(Shared {
         builder,
@@ -127,6 +136,7 @@ pub async fn accept_until(
         handshake_timeout: settings.header_timeout,
         idle_timeout: settings.idle_timeout,
         telemetry: settings.telemetry.clone(),
+        refused_heads: settings.refused_heads,
     });
     let limit = Arc::new(Semaphore::new(
         settings.max_connections.clamp(1, Semaphore::MAX_PERMITS),
@@ -256,11 +266,11 @@ async fn serve(
     let stream = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
-            log_handshake_failure(peer, &err);
+            terminator.handshake_failed(peer, &err);
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "TLS handshake not finished in time; closing");
+            terminator.handshake_timed_out(peer);
             return;
         }
     };
@@ -272,20 +282,13 @@ async fn serve(
     serve_http(stream, conn, &shared, phase).await;
 }
 
-/// A rejected client certificate is worth an operator's attention; scanners and clients
-/// that give up mid-handshake are not.
-fn log_handshake_failure(peer: SocketAddr, err: &std::io::Error) {
-    let rustls_error = err
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    match rustls_error {
-        Some(
-            rustls::Error::NoCertificatesPresented
-            | rustls::Error::InvalidCertificate(_)
-            | rustls::Error::InvalidCertRevocationList(_),
-        ) => tracing::info!(%peer, "TLS client certificate rejected: {err}"),
-        _ => tracing::debug!(%peer, "TLS handshake failed: {err}"),
-    }
+/// The request head size at which hyper's parser refuses a request itself (a plain 431,
+/// and over HTTP/1.1 a closed connection), before azgate sees it. Twice azgate's own limit,
+/// so heads up to twice `server.max_header_bytes` still get azgate's JSON 431 with an
+/// access-log line, while what a connection can buffer for a head stays bounded (hyper's
+/// default is ~400 KiB for HTTP/1.1). hyper's HTTP/1.1 buffer cannot be under 8 KiB.
+fn parser_head_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(2).max(8192)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 mod connection;
 mod deadlines;
+pub mod failures;
 pub mod lifecycle;
 mod limits;
 mod listener;
@@ -27,9 +28,10 @@ use crate::gateway::Gateway;
 use crate::proxy::Proxy;
 use crate::telemetry::Telemetry;
 
+use self::failures::FailureLog;
 use self::lifecycle::{Bound, Lifecycle, Phase, ReloadRefused, reached};
 use self::listener::ListenerSettings;
-pub use self::tls::TlsError;
+pub use crate::config::tls::{TlsError, TlsProblems};
 
 /// A TLS terminator shared with the admin listener.
 pub type TlsTerminatorHandle = Arc<TlsTerminator>;
@@ -44,9 +46,17 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("cannot set up TLS on the proxy listener ([server.tls]): {0}")]
-    Tls(#[from] TlsError),
+    Tls(#[from] TlsProblems),
     #[error("cannot set up TLS on the admin listener ([admin.tls]): {0}")]
-    AdminTls(TlsError),
+    AdminTls(TlsProblems),
+}
+
+impl StartError {
+    /// Whether the config is at fault (unusable TLS files), rather than the machine (a
+    /// port taken): `serve` exits with the config status for these.
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Tls(_) | StartError::AdminTls(_))
+    }
 }
 
 /// A started server. Dropping it does not stop it; call `shutdown` then `wait`.
@@ -171,6 +181,12 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         "server.idle_timeout",
     );
     check(old.server.backlog != new.server.backlog, "server.backlog");
+    // azgate's own check applies the new limit at once; hyper's parser limit (twice it)
+    // was set when the listener started.
+    check(
+        old.server.max_header_bytes != new.server.max_header_bytes,
+        "server.max_header_bytes (the HTTP parser's limit)",
+    );
     check(old.admin.listen != new.admin.listen, "admin.listen");
     check(old.admin.tls != new.admin.tls, "[admin.tls] file paths");
     check(
@@ -183,14 +199,19 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
 /// Binds the listeners and starts serving in the background.
 /// Credential sources read their variables from `env`.
 pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError> {
+    let telemetry = Telemetry::new();
     // Before binding, so a bad certificate never leaves a port open that cannot serve.
     let tls = match &config.server.tls {
-        Some(files) => Some(Arc::new(TlsTerminator::load(files)?)),
+        Some(files) => Some(Arc::new(TlsTerminator::load(
+            files,
+            "proxy",
+            telemetry.clone(),
+        )?)),
         None => None,
     };
     let admin_tls = match &config.admin.tls {
         Some(files) => Some(Arc::new(
-            TlsTerminator::load(files).map_err(StartError::AdminTls)?,
+            TlsTerminator::load(files, "admin", telemetry.clone()).map_err(StartError::AdminTls)?,
         )),
         None => None,
     };
@@ -227,7 +248,6 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
             tls: config.admin.tls.clone(),
         }),
     ));
-    let telemetry = Telemetry::new();
     let timing = Timing {
         grace: config.server.shutdown_grace,
         drain_delay: config.server.drain_delay,
@@ -237,7 +257,12 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
         header_timeout: config.server.header_timeout,
         idle_timeout: config.server.idle_timeout,
         max_connections: config.server.max_connections,
+        max_header_bytes: config.server.max_header_bytes,
         telemetry: telemetry.clone(),
+        refused_heads: Arc::new(FailureLog::new(
+            "request heads over the HTTP parser's limit (answered 431)",
+            "proxy",
+        )),
     };
     let gateway = Arc::new(ArcSwap::from_pointee(Gateway::build(config, &env)));
     telemetry.attach(gateway.clone());
@@ -293,6 +318,13 @@ async fn run(
         .flatten()
         .map(|tls| tokio::spawn(tls.watch_files(stopped.clone())))
         .collect();
+    let failure_logs = [settings.tls.as_ref(), admin.tls.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|tls| tls.handshake_failures())
+        .chain([settings.refused_heads.clone()])
+        .collect();
+    let failure_reports = tokio::spawn(failures::report_until(failure_logs, stopped.clone()));
     let admin_task =
         admin_listener.map(|l| tokio::spawn(admin::serve(l, admin.clone(), stopped.clone())));
 
@@ -332,6 +364,7 @@ async fn run(
     for watcher in watchers {
         let _ = watcher.await;
     }
+    let _ = failure_reports.await;
     if let Some(task) = admin_task {
         let _ = task.await;
     }

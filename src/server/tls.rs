@@ -1,80 +1,64 @@
-//! HTTPS on the proxy listener: the TLS half of the "accept" step.
+//! HTTPS on the proxy and admin listeners: the TLS half of the "accept" step.
 //!
-//! `TlsTerminator` turns the `[server.tls]` PEM files into a rustls `ServerConfig` (TLS 1.2
-//! and 1.3, ALPN `h2` then `http/1.1`, and with `client_ca` a verifier that requires a
-//! client certificate chaining to it). The config sits behind an `ArcSwap`: every new
+//! `TlsTerminator` serves the rustls config that `config::tls` builds from the PEM files
+//! (the loader `azgate check` runs too). The config sits behind an `ArcSwap`: every new
 //! handshake takes the current one, so a certificate rotation never touches connections
 //! already open. The files are polled every few seconds and can be reloaded on demand;
-//! files that cannot be used (half-written, garbage) leave the previous config in place.
+//! files that cannot be used (half-written, garbage, a certificate expired or not valid
+//! yet) leave the previous config in place.
+//!
+//! It also keeps an eye on what it serves: the chain's expiry is a metric and, from 14 days
+//! before, a daily warning; failed handshakes are counted by reason and summarised in the
+//! log (`FailureLog`), never logged one line per connection.
 
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use aws_lc_rs::digest;
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use super::failures::FailureLog;
 use crate::config::TlsConfig;
+use crate::config::tls::{Pem, TlsMaterial, TlsProblems, Validity, rfc3339};
+use crate::telemetry::Telemetry;
 
 /// How often the PEM files are checked for changes. Short enough that a rotated
 /// certificate is served within seconds, long enough that the reads cost nothing.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// A certificate this close to its expiry is warned about at every load and once a day.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+const EXPIRY_REMINDER: Duration = Duration::from_secs(24 * 3600);
 
-/// Why the TLS files cannot be used. Messages name the file, never its contents.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read the {what} \"{}\": {source}", .path.display())]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the {what} \"{}\" holds no CERTIFICATE block", .path.display())]
-    NoCertificate { what: &'static str, path: PathBuf },
-    #[error("the {what} \"{}\" holds a malformed PEM block: {source}", .path.display())]
-    MalformedCertificate {
-        what: &'static str,
-        path: PathBuf,
-        source: pem::Error,
-    },
-    // The PEM error is left out: its detail could quote a line of the key file.
-    #[error("the private key \"{}\" holds no PKCS#1, SEC1 or PKCS#8 private key", .path.display())]
-    NoKey { path: PathBuf },
-    #[error("the private key \"{}\" holds a malformed PEM block", .path.display())]
-    MalformedKey { path: PathBuf },
-    #[error(
-        "cannot use the certificate \"{}\" with the private key \"{}\": {source}",
-        .cert.display(), .key.display()
-    )]
-    Certificate {
-        cert: PathBuf,
-        key: PathBuf,
-        source: rustls::Error,
-    },
-    #[error("cannot use the client CA \"{}\": {detail}", .path.display())]
-    ClientCa { path: PathBuf, detail: String },
-    #[error("the crypto provider does not support TLS 1.2 and 1.3: {0}")]
-    Provider(rustls::Error),
-}
-
-/// Terminates TLS for the proxy listener with the current certificate.
+/// Terminates TLS for one listener with the current certificate.
 pub struct TlsTerminator {
+    /// `proxy` or `admin`: the metrics' `listener` label.
+    listener: &'static str,
     files: TlsConfig,
     current: ArcSwap<ServerConfig>,
-    /// What the files held when last looked at, so the poll rebuilds (and warns) once per
-    /// change rather than every few seconds.
-    last_seen: Mutex<Seen>,
+    state: Mutex<State>,
+    telemetry: Arc<Telemetry>,
+    handshake_failures: Arc<FailureLog>,
 }
 
-/// The state of the files at one look: a digest of their contents (comparing contents
-/// rather than modification times also catches the symlink swaps of mounted Kubernetes
-/// secrets), or why they could not be read.
+struct State {
+    /// What the files held when last looked at, so the poll rebuilds (and warns) once per
+    /// change rather than every few seconds.
+    seen: Seen,
+    /// The chain being served.
+    validity: Validity,
+    /// When the last expiry warning was logged.
+    warned: Option<Instant>,
+    /// A rotation refused only because the new certificate is not valid yet is tried
+    /// again once it is, although the files will not change again.
+    retry_at: Option<SystemTime>,
+}
+
+/// The state of the files at one look: a digest of their contents, or why they could not
+/// be read.
 #[derive(PartialEq, Eq)]
 enum Seen {
     Contents(Vec<u8>),
@@ -82,16 +66,29 @@ enum Seen {
 }
 
 impl TlsTerminator {
-    /// Reads the files and builds the first config. Fails with a message naming the file.
-    pub fn load(files: &TlsConfig) -> Result<Self, TlsError> {
+    /// Reads the files and builds the first config for `listener` (`proxy` or `admin`).
+    pub fn load(
+        files: &TlsConfig,
+        listener: &'static str,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Self, TlsProblems> {
         let pem = Pem::read(files)?;
-        let config = build(files, &pem)?;
-        log_certificate("TLS certificate loaded", files, &pem);
-        Ok(Self {
+        let TlsMaterial { config, validity } = pem.build(files, SystemTime::now())?;
+        let terminator = Self {
+            listener,
             files: files.clone(),
             current: ArcSwap::from_pointee(config),
-            last_seen: Mutex::new(Seen::Contents(pem.digest())),
-        })
+            state: Mutex::new(State {
+                seen: Seen::Contents(pem.digest()),
+                validity,
+                warned: None,
+                retry_at: None,
+            }),
+            telemetry,
+            handshake_failures: Arc::new(FailureLog::new("failed TLS handshakes", listener)),
+        };
+        terminator.served("TLS certificate loaded", &mut terminator.lock_state());
+        Ok(terminator)
     }
 
     /// An acceptor for one new connection, with the config current at this moment.
@@ -99,15 +96,21 @@ impl TlsTerminator {
         TlsAcceptor::from(self.current.load_full())
     }
 
+    /// The summary of this listener's failed handshakes, for the server's reporter.
+    pub fn handshake_failures(&self) -> Arc<FailureLog> {
+        self.handshake_failures.clone()
+    }
+
     /// Re-reads the files and swaps the new config in, whether or not they changed. On
     /// error the previous config stays.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub fn reload(&self) -> Result<(), TlsProblems> {
         let pem = Pem::read(&self.files)?;
-        *self.lock_last_seen() = Seen::Contents(pem.digest());
+        self.lock_state().seen = Seen::Contents(pem.digest());
         self.install(&pem)
     }
 
-    /// Checks the files every couple of seconds until the server stops.
+    /// Checks the files every couple of seconds, and the served certificate's expiry,
+    /// until the server stops.
     pub async fn watch_files(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         let mut ticks = tokio::time::interval(POLL_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -115,10 +118,29 @@ impl TlsTerminator {
         ticks.tick().await;
         loop {
             tokio::select! {
-                _ = ticks.tick() => self.reload_if_changed(),
+                _ = ticks.tick() => {
+                    self.reload_if_changed();
+                    self.remind_expiry();
+                }
                 () = crate::admin::stopped(&mut stopped) => break,
             }
         }
+    }
+
+    /// Counts and summarises a handshake that failed with `err`.
+    pub fn handshake_failed(&self, peer: SocketAddr, err: &std::io::Error) {
+        let reason = failure_reason(err);
+        self.telemetry
+            .record_handshake_failure(self.listener, reason);
+        self.handshake_failures.record(reason, peer, err);
+    }
+
+    /// Counts and summarises a handshake that did not finish within the header timeout.
+    pub fn handshake_timed_out(&self, peer: SocketAddr) {
+        self.telemetry
+            .record_handshake_failure(self.listener, "timeout");
+        self.handshake_failures
+            .record("timeout", peer, &"not finished within the header timeout");
     }
 
     // The files are a few KiB on a local disk: reading them inline costs less than handing
@@ -130,32 +152,130 @@ impl TlsTerminator {
             Err(err) => Seen::Unreadable(err.to_string()),
         };
         {
-            let mut last = self.lock_last_seen();
-            if *last == seen {
+            let mut state = self.lock_state();
+            let retry = state
+                .retry_at
+                .is_some_and(|at| SystemTime::now() >= at && state.seen == seen);
+            if state.seen == seen && !retry {
                 return;
             }
-            *last = seen;
+            state.seen = seen;
+            state.retry_at = None;
         }
-        if let Err(err) = read.and_then(|pem| self.install(&pem)) {
+        let Err(problems) = read.and_then(|pem| self.install(&pem)) else {
+            return;
+        };
+        if problems.has_validity_problem() {
+            self.lock_state().retry_at = problems.valid_from();
+            tracing::error!(
+                listener = self.listener,
+                "new TLS certificate refused; new connections keep the previous one: {problems}"
+            );
+        } else {
             tracing::warn!(
+                listener = self.listener,
                 "TLS files changed but cannot be used; new connections keep the previous \
-                 certificate: {err}"
+                 certificate: {problems}"
             );
         }
     }
 
-    fn install(&self, pem: &Pem) -> Result<(), TlsError> {
-        let config = build(&self.files, pem)?;
+    fn install(&self, pem: &Pem) -> Result<(), TlsProblems> {
+        let TlsMaterial { config, validity } = pem.build(&self.files, SystemTime::now())?;
         self.current.store(Arc::new(config));
-        log_certificate("TLS certificate reloaded", &self.files, pem);
+        let mut state = self.lock_state();
+        state.validity = validity;
+        self.served("TLS certificate reloaded", &mut state);
         Ok(())
     }
 
-    fn lock_last_seen(&self) -> std::sync::MutexGuard<'_, Seen> {
-        // The guarded value is a plain digest; a panic elsewhere cannot leave it half-made.
-        self.last_seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// A certificate was put in service: names it, so an operator can tell a rotation
+    /// took effect, sets the expiry metric and warns if it expires soon.
+    fn served(&self, message: &str, state: &mut State) {
+        let validity = &state.validity;
+        self.telemetry
+            .set_certificate_expiry(self.listener, validity.not_after);
+        tracing::info!(
+            listener = self.listener,
+            cert = %self.files.cert.display(),
+            subject = validity.subject,
+            not_after = rfc3339(validity.not_after),
+            mtls = self.files.client_ca.is_some(),
+            "{message}"
+        );
+        self.warn_if_expiring(state);
+    }
+
+    /// Repeats the expiry warning once a day while it applies.
+    fn remind_expiry(&self) {
+        let mut state = self.lock_state();
+        if state
+            .warned
+            .is_none_or(|at| at.elapsed() >= EXPIRY_REMINDER)
+        {
+            self.warn_if_expiring(&mut state);
+        }
+    }
+
+    fn warn_if_expiring(&self, state: &mut State) {
+        let validity = &state.validity;
+        let cert = self.files.cert.display();
+        let expires = rfc3339(validity.not_after);
+        match validity.not_after.duration_since(SystemTime::now()) {
+            Ok(left) if left > EXPIRY_WARNING => return,
+            Ok(left) => tracing::warn!(
+                listener = self.listener,
+                subject = validity.subject,
+                not_after = expires,
+                "the TLS certificate of the {} listener expires in {} (at {expires}): \
+                 replace \"{cert}\"",
+                self.listener,
+                humantime::format_duration(Duration::from_secs(left.as_secs() / 3600 * 3600)),
+            ),
+            Err(_) => tracing::error!(
+                listener = self.listener,
+                subject = validity.subject,
+                not_after = expires,
+                "the TLS certificate of the {} listener expired at {expires} and clients \
+                 refuse it: replace \"{cert}\"",
+                self.listener,
+            ),
+        }
+        state.warned = Some(Instant::now());
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The guarded values are plain data; a panic elsewhere cannot leave them half-made.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The `reason` label of a failed handshake: a small fixed set, so that no client can
+/// grow the metric.
+fn failure_reason(err: &std::io::Error) -> &'static str {
+    use rustls::{Error, InvalidMessage, PeerMisbehaved};
+    let rustls_error = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>());
+    match rustls_error {
+        Some(Error::NoCertificatesPresented) => "no_client_cert",
+        Some(Error::InvalidCertificate(_) | Error::InvalidCertRevocationList(_)) => {
+            "bad_client_cert"
+        }
+        Some(
+            Error::PeerMisbehaved(PeerMisbehaved::ServerNameMustContainOneHostName)
+            | Error::InvalidMessage(InvalidMessage::InvalidServerName),
+        ) => "sni",
+        // The client refused the handshake: often our certificate, which it does not trust.
+        Some(Error::AlertReceived(_)) => "peer_alert",
+        Some(_) => "protocol",
+        None => match err.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe => "eof",
+            _ => "other",
+        },
     }
 }
 
@@ -171,191 +291,78 @@ pub fn client_subject(conn: &rustls::ServerConnection) -> Option<Arc<str>> {
     }
 }
 
-/// The PEM files as read at one moment. No `Debug`: it holds the private key.
-struct Pem {
-    cert: Vec<u8>,
-    key: Vec<u8>,
-    client_ca: Option<Vec<u8>>,
-}
-
-impl Pem {
-    fn read(files: &TlsConfig) -> Result<Self, TlsError> {
-        let read = |what, path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Read {
-                what,
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-        Ok(Self {
-            cert: read("certificate chain", &files.cert)?,
-            key: read("private key", &files.key)?,
-            client_ca: files
-                .client_ca
-                .as_deref()
-                .map(|path| read("client CA", path))
-                .transpose()?,
-        })
-    }
-
-    fn digest(&self) -> Vec<u8> {
-        let mut hash = digest::Context::new(&digest::SHA256);
-        // Length prefixes keep bytes from moving between files unnoticed.
-        for part in [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()] {
-            let bytes = part.map_or(&[][..], Vec::as_slice);
-            hash.update(&(bytes.len() as u64).to_be_bytes());
-            hash.update(bytes);
-        }
-        hash.finish().as_ref().to_vec()
-    }
-}
-
-fn build(files: &TlsConfig, pem: &Pem) -> Result<ServerConfig, TlsError> {
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-    let certs = certificates(&pem.cert, "certificate chain", &files.cert)?;
-    let key = PrivateKeyDer::from_pem_slice(&pem.key).map_err(|err| match err {
-        pem::Error::NoItemsFound => TlsError::NoKey {
-            path: files.key.clone(),
-        },
-        _ => TlsError::MalformedKey {
-            path: files.key.clone(),
-        },
-    })?;
-
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::Provider)?;
-    let builder = match (&pem.client_ca, &files.client_ca) {
-        (Some(ca), Some(path)) => {
-            builder.with_client_cert_verifier(client_verifier(ca, path, provider)?)
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    let mut config =
-        builder
-            .with_single_cert(certs, key)
-            .map_err(|source| TlsError::Certificate {
-                cert: files.cert.clone(),
-                key: files.key.clone(),
-                source,
-            })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// Requires a client certificate that chains to one of the CAs in `pem`.
-fn client_verifier(
-    pem: &[u8],
-    path: &Path,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
-    let problem = |detail: String| TlsError::ClientCa {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let mut roots = RootCertStore::empty();
-    for cert in certificates(pem, "client CA", path)? {
-        roots
-            .add(cert)
-            .map_err(|e| problem(format!("not a usable CA certificate: {e}")))?;
-    }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-        .build()
-        .map_err(|e| problem(e.to_string()))
-}
-
-fn certificates(
-    pem: &[u8],
-    what: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::MalformedCertificate {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            what,
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(certs)
-}
-
-/// Names the certificate now served, so an operator can tell a rotation took effect.
-fn log_certificate(message: &str, files: &TlsConfig, pem: &Pem) {
-    let leaf = CertificateDer::pem_slice_iter(&pem.cert)
-        .next()
-        .and_then(Result::ok);
-    let parsed = leaf
-        .as_ref()
-        .and_then(|der| x509_parser::parse_x509_certificate(der).ok());
-    let (subject, not_after) = match &parsed {
-        Some((_, cert)) => (
-            cert.subject().to_string(),
-            cert.validity().not_after.to_string(),
-        ),
-        None => (String::new(), String::new()),
-    };
-    tracing::info!(
-        cert = %files.cert.display(),
-        subject,
-        not_after,
-        mtls = files.client_ca.is_some(),
-        "{message}"
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tls::tests::{certificate, unix_now};
+    use crate::server::failures::tests::Capture;
 
-    fn files(dir: &Path) -> TlsConfig {
-        TlsConfig {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            client_ca: None,
-        }
-    }
+    const DAY: i64 = 86_400;
 
-    #[test]
-    fn errors_name_the_file_and_never_quote_the_key() {
+    #[tokio::test(start_paused = true)]
+    async fn a_certificate_near_expiry_is_warned_about_at_load_then_daily() {
         crate::install_crypto_provider();
+        let capture = Capture::default();
+        let _guard = capture.install();
         let dir = tempfile::tempdir().unwrap();
-        let tls = files(dir.path());
-
-        let missing = TlsTerminator::load(&tls).err().unwrap().to_string();
+        let files = TlsConfig {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            client_ca: None,
+        };
+        let write = |(cert, key): (String, String)| {
+            std::fs::write(&files.cert, cert).unwrap();
+            std::fs::write(&files.key, key).unwrap();
+        };
+        let now = unix_now();
+        write(certificate(now - DAY, now + 3 * DAY));
+        let telemetry = Telemetry::new();
+        let tls = Arc::new(TlsTerminator::load(&files, "admin", telemetry.clone()).unwrap());
+        let warnings = || capture.lines("WARN");
+        assert_eq!(warnings().len(), 1, "{:?}", warnings());
         assert!(
-            missing.contains("cannot read the certificate chain"),
-            "{missing}"
+            warnings()[0].contains("the TLS certificate of the admin listener expires in 2days"),
+            "{:?}",
+            warnings()
         );
-        assert!(missing.contains("cert.pem"), "{missing}");
+        let gauge = format!(
+            "azgate_tls_certificate_expiry_timestamp_seconds{{listener=\"admin\"}} {}.0",
+            now + 3 * DAY
+        );
+        assert!(
+            telemetry.encode().contains(&gauge),
+            "{}",
+            telemetry.encode()
+        );
 
-        std::fs::write(&tls.cert, "not a certificate").unwrap();
-        std::fs::write(&tls.key, "SECRET-KEY-MATERIAL").unwrap();
-        let empty = TlsTerminator::load(&tls).err().unwrap().to_string();
-        assert!(empty.contains("holds no CERTIFICATE block"), "{empty}");
-
-        // A certificate block is enough to get to the key.
-        std::fs::write(
-            &tls.cert,
-            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
-        for key in [
-            "SECRET-KEY-MATERIAL",
-            "-----BEGIN PRIVATE KEY-----\nSECRET-KEY-MATERIAL\n-----END PRIVATE KEY-----\n",
-            "-----BEGIN PRIVATE KEY-----\nSECRET-KEY-MATERIAL\n",
-        ] {
-            std::fs::write(&tls.key, key).unwrap();
-            let message = TlsTerminator::load(&tls).err().unwrap().to_string();
-            assert!(message.contains("key.pem"), "{message}");
-            assert!(!message.contains("SECRET"), "{message}");
+        let (stop, stopped) = watch::channel(false);
+        let watching = tokio::spawn(tls.clone().watch_files(stopped));
+        // Polled every 2 s, but said once a day.
+        for _ in 0..60 {
+            tokio::time::advance(POLL_INTERVAL).await;
         }
+        assert_eq!(warnings().len(), 1, "{:?}", warnings());
+        tokio::time::advance(EXPIRY_REMINDER).await;
+        tokio::time::advance(POLL_INTERVAL).await;
+        assert_eq!(warnings().len(), 2, "{:?}", warnings());
+
+        // Renewed: served, and no more warnings.
+        write(certificate(now - DAY, now + 90 * DAY));
+        tls.reload().unwrap();
+        tokio::time::advance(EXPIRY_REMINDER * 3).await;
+        tokio::time::advance(POLL_INTERVAL).await;
+        assert_eq!(warnings().len(), 2, "{:?}", warnings());
+        let gauge = format!(
+            "azgate_tls_certificate_expiry_timestamp_seconds{{listener=\"admin\"}} {}.0",
+            now + 90 * DAY
+        );
+        assert!(
+            telemetry.encode().contains(&gauge),
+            "{}",
+            telemetry.encode()
+        );
+
+        stop.send_replace(true);
+        watching.await.unwrap();
     }
 }

@@ -26,6 +26,7 @@ pub mod browser;
 pub mod entra;
 pub mod identity;
 pub mod logs;
+pub mod metrics;
 pub mod scripted;
 pub mod tls;
 pub mod video_indexer;

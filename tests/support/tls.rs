@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
@@ -72,6 +73,21 @@ impl Authority {
     }
 
     pub fn server_with_key(&self, cn: &str, key: rcgen::KeyPair) -> Leaf {
+        self.server_leaf(cn, key, None)
+    }
+
+    /// A server certificate (as `server` makes) valid only from `not_before` to `not_after`.
+    pub fn server_valid(&self, cn: &str, not_before: SystemTime, not_after: SystemTime) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        self.server_leaf(cn, key, Some((not_before, not_after)))
+    }
+
+    fn server_leaf(
+        &self,
+        cn: &str,
+        key: rcgen::KeyPair,
+        validity: Option<(SystemTime, SystemTime)>,
+    ) -> Leaf {
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
                 .unwrap();
@@ -79,6 +95,17 @@ impl Authority {
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        if let Some((not_before, not_after)) = validity {
+            // rcgen takes `time` dates; x509-parser converts whole Unix seconds to them.
+            let at = |t: SystemTime| {
+                let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+                x509_parser::time::ASN1Time::from_timestamp(secs)
+                    .unwrap()
+                    .to_datetime()
+            };
+            params.not_before = at(not_before);
+            params.not_after = at(not_after);
+        }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
             cert_pem: cert.pem(),
@@ -334,6 +361,38 @@ impl Session {
         let body = response.into_body().collect().await?.to_bytes();
         Ok((version, status, String::from_utf8_lossy(&body).into_owned()))
     }
+}
+
+/// A TLS ClientHello (from rustls, for `localhost`) whose SNI is changed to `127.0.0:9`,
+/// a name with a port in it such as some load generators send (`127.0.0.1:8443`): rustls
+/// refuses the handshake.
+pub fn client_hello_with_bad_sni() -> Vec<u8> {
+    super::init();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let at = hello
+        .windows(9)
+        .position(|w| w == b"localhost")
+        .expect("the SNI in the ClientHello");
+    hello[at..at + 9].copy_from_slice(b"127.0.0:9");
+    hello
+}
+
+/// Sends `hello` on a new connection to `addr` and reads until the server closes it.
+pub async fn send_hello(addr: SocketAddr, hello: &[u8]) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(hello).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tcp.read_to_end(&mut rest),
+    );
+    assert!(read.await.is_ok(), "the server kept the connection open");
 }
 
 /// A certificate's subject as "CN=…, O=…".

@@ -26,12 +26,21 @@ pub struct Admitted {
     pub key: Option<KeyDigest>,
 }
 
-/// Listener-wide checks, before routing.
+/// Listener-wide checks, before routing. `max_header_bytes` is `server.max_header_bytes`.
 pub fn admit<B>(
     request: &Request<B>,
     conn: &ConnInfo,
     policy: &AccessPolicy,
+    max_header_bytes: usize,
 ) -> Result<Admitted, ProxyError> {
+    // First: nothing else needs to look at a head this large.
+    let size = head_size(request);
+    if size > max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge {
+            size,
+            limit: max_header_bytes,
+        });
+    }
     let client = policy.client_addr(conn.peer.ip(), request.headers());
     if !policy.address_allowed(client) {
         return Err(ProxyError::Forbidden(format!(
@@ -127,6 +136,19 @@ fn check_shape<B>(request: &Request<B>) -> Result<(), ProxyError> {
         return bad("the request has both Content-Length and Transfer-Encoding");
     }
     Ok(())
+}
+
+/// The request head as counted against `server.max_header_bytes`: the method, the request
+/// target, and each header's name and value with the 4 bytes (`: ` and CRLF) they take in
+/// HTTP/1.1, so the count does not depend on the protocol the client spoke.
+fn head_size<B>(request: &Request<B>) -> usize {
+    let uri = request.uri();
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    request.headers().iter().fold(
+        request.method().as_str().len() + target,
+        |sum, (name, value)| sum + name.as_str().len() + value.len() + 4,
+    )
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
