@@ -154,22 +154,30 @@ fn whole_seconds(d: std::time::Duration) -> std::time::Duration {
     std::time::Duration::from_secs(d.as_secs())
 }
 
+/// `azgate token NAME`: needs only NAME's variables (and its `arm` credential's); a
+/// problem elsewhere in the file does not stop it.
 fn token(source: ConfigSource, name: &str) -> ExitCode {
-    let config = match load(&source) {
-        Ok(config) => config,
-        Err(code) => return code,
+    let subset = match source.load_credential(name) {
+        Ok(subset) => subset,
+        Err(err) => {
+            eprintln!("{err}");
+            eprintln!(
+                "azgate: credential \"{name}\" has {} problem(s)",
+                err.problems.len()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     logging::init_quiet();
-    let credentials = CredentialSet::build(&config.credentials, &Env::process());
+    let credentials = CredentialSet::build(&subset.credentials, &Env::process());
     let Some(credential) = credentials.get(name) else {
-        let known: Vec<&str> = config.credentials.keys().map(String::as_str).collect();
         eprintln!(
             "azgate: no credential named \"{name}\" in {}; known: {}",
-            config.file,
-            if known.is_empty() {
+            source.display_name(),
+            if subset.known.is_empty() {
                 "none".to_string()
             } else {
-                known.join(", ")
+                subset.known.join(", ")
             }
         );
         return ExitCode::FAILURE;
