@@ -11,7 +11,7 @@ use super::AdminState;
 /// The self-contained status page (HTML, CSS and script inline; no external assets).
 pub const PAGE: &str = include_str!("status.html");
 
-fn unix_ms(at: SystemTime) -> u64 {
+pub(super) fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }

@@ -123,6 +123,9 @@ pub struct AdminConfig {
     pub tls: Option<TlsConfig>,
     /// Who may call the admin endpoints (`[admin.inbound]`, same keys as `[server.inbound]`).
     pub inbound: InboundConfig,
+    /// The credentials whose failure (no valid token left) makes `/readyz` answer 503.
+    /// `None` (the default): every credential a route uses; an empty list: none.
+    pub ready_requires: Option<Vec<String>>,
 }
 
 /// `[log]`.

@@ -11,6 +11,7 @@ mod default_chain;
 mod entra;
 mod fixed;
 mod managed_identity;
+pub mod refresher;
 pub mod token;
 mod video_indexer;
 

@@ -227,6 +227,11 @@ async fn run(
         .flatten()
         .map(|tls| tokio::spawn(tls.watch_files(stopped.clone())))
         .collect();
+    // Credential retries and refreshes while no request comes; stops when the drain starts.
+    let refresher = tokio::spawn(crate::credentials::refresher::run(
+        admin.gateway.clone(),
+        stopped.clone(),
+    ));
     // The admin listener outlives the proxy's drain so /readyz can report it.
     let (admin_stop, admin_stopped) = watch::channel(false);
     let admin_task =
@@ -258,6 +263,7 @@ async fn run(
     for watcher in watchers {
         let _ = watcher.await;
     }
+    let _ = refresher.await;
     admin_stop.send_replace(true);
     if let Some(task) = admin_task {
         let _ = task.await;
