@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
-use super::token::{FetchError, Token, TokenSource};
+use super::token::{FetchError, SourceStep, Token, TokenSource};
 
 /// No single fetch may take longer than this, whatever the source does.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -84,6 +84,11 @@ impl TokenCache {
 
     pub fn describe(&self) -> String {
         self.source.describe()
+    }
+
+    /// For chained sources (`default`): the sources the last fetch looked at.
+    pub fn tried(&self) -> Vec<SourceStep> {
+        self.source.tried()
     }
 
     /// A usable token. Returns at once while a valid token is held (starting a

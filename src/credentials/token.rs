@@ -84,6 +84,10 @@ pub struct FetchError {
     pub message: String,
     /// How long the endpoint asked us to wait (`Retry-After`), if it did.
     pub retry_after: Option<Duration>,
+    /// The source is not set up here (variables unset, no identity endpoint answering,
+    /// `az` missing or not logged in), as opposed to set up and failing. The `default`
+    /// chain moves on only past unavailable sources.
+    pub unavailable: bool,
 }
 
 impl FetchError {
@@ -91,7 +95,14 @@ impl FetchError {
         Self {
             message: message.into(),
             retry_after: None,
+            unavailable: false,
         }
+    }
+
+    /// Marks the source as not available here (see `unavailable`).
+    pub fn unavailable(mut self) -> Self {
+        self.unavailable = true;
+        self
     }
 
     pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
@@ -106,6 +117,36 @@ impl std::fmt::Display for FetchError {
     }
 }
 
+/// One source a chained credential (`default`) looked at, and what came of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceStep {
+    /// "environment", "workload identity", "managed identity", "Azure CLI".
+    pub source: &'static str,
+    pub outcome: StepOutcome,
+    /// Why it was passed over or failed. Never a secret.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Not set up here: the chain moved on.
+    Unavailable,
+    /// Gave the token.
+    Used,
+    /// Set up here but failed: the chain stopped, and retries this source.
+    Failed,
+}
+
+impl StepOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepOutcome::Unavailable => "unavailable",
+            StepOutcome::Used => "used",
+            StepOutcome::Failed => "failed",
+        }
+    }
+}
+
 pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send + 'a>>;
 
 /// Where tokens come from: one implementation per credential `type`. The cache calls
@@ -116,6 +157,12 @@ pub trait TokenSource: Send + Sync + 'static {
     /// What the source is, for `check --probe` and the status page ("client_secret, tenant
     /// contoso, v2 endpoint"). Never a secret.
     fn describe(&self) -> String;
+
+    /// For chained sources: the sources the last fetch looked at, in order. Empty for the
+    /// others.
+    fn tried(&self) -> Vec<SourceStep> {
+        Vec::new()
+    }
 }
 
 /// A reqwest client for token endpoints: bounded connect and total time, rustls with the
