@@ -27,11 +27,17 @@ fn client_secret(name: &str, entra: &MockEntra) -> String {
 }
 
 fn route(prefix: &str, upstream: &str, credential: &str) -> String {
-    format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\ncredential = \"{credential}\"\n")
+    format!(
+        "[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\ncredential = \"{credential}\"\n"
+    )
 }
 
 async fn readyz(admin: &str) -> (u16, serde_json::Value) {
-    let response = client().get(format!("{admin}/readyz")).send().await.unwrap();
+    let response = client()
+        .get(format!("{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
     let code = response.status().as_u16();
     (code, support::json(response).await)
 }
@@ -65,10 +71,16 @@ async fn readiness_recovers_by_itself_when_the_token_endpoint_comes_back() {
 
     // Still down: the background retry comes after 1 s, the next one 2 s later.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(entra.call_count(), 2, "no background retry after the backoff");
+    assert_eq!(
+        entra.call_count(),
+        2,
+        "no background retry after the backoff"
+    );
     let (code, body) = readyz(&admin).await;
     assert_eq!(code, 503);
-    let next = body["credentials"][0]["next_attempt_in_ms"].as_u64().unwrap();
+    let next = body["credentials"][0]["next_attempt_in_ms"]
+        .as_u64()
+        .unwrap();
     assert!((1..=1500).contains(&next), "second backoff is 2 s: {body}");
 
     // Back: the next background retry gets a token and /readyz turns 200 with no request.
@@ -115,7 +127,11 @@ async fn retries_stop_when_a_reload_takes_the_credential_out_of_use() {
     .unwrap();
     server.apply(config);
     tokio::time::sleep(Duration::from_secs(120)).await;
-    assert_eq!(entra.call_count(), 2, "a credential no route uses was retried");
+    assert_eq!(
+        entra.call_count(),
+        2,
+        "a credential no route uses was retried"
+    );
     let (code, body) = readyz(&admin).await;
     assert_eq!(code, 200, "{body}");
     server.shutdown();

@@ -178,7 +178,10 @@ mod tests {
             err.contains("credentials.broken.key: environment variable BROKEN_KEY is not set"),
             "{err}"
         );
-        assert!(!err.contains("OTHER_SECRET") && !err.contains("LISTEN_ADDR"), "{err}");
+        assert!(
+            !err.contains("OTHER_SECRET") && !err.contains("LISTEN_ADDR"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -132,7 +132,11 @@ mod tests {
             (Duration::from_nanos(1_999), "0.001", "0.001"),
             (Duration::from_nanos(999), "0", "0.0"),
             (Duration::from_millis(120), "120", "120.0"),
-            (Duration::from_micros(100_000_001), "100000.001", "100000.001"),
+            (
+                Duration::from_micros(100_000_001),
+                "100000.001",
+                "100000.001",
+            ),
             (Duration::from_micros(7_654_321), "7654.321", "7654.321"),
         ];
         for (duration, pretty, json) in cases {
