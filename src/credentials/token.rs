@@ -88,6 +88,8 @@ pub struct FetchError {
     /// `az` missing or not logged in), as opposed to set up and failing. The `default`
     /// chain moves on only past unavailable sources.
     pub unavailable: bool,
+    /// The HTTP status the token service refused with, when it answered with an error.
+    pub status: Option<u16>,
 }
 
 impl FetchError {
@@ -96,7 +98,13 @@ impl FetchError {
             message: message.into(),
             retry_after: None,
             unavailable: false,
+            status: None,
         }
+    }
+
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
     }
 
     /// Marks the source as not available here (see `unavailable`).
