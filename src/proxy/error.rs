@@ -41,6 +41,10 @@ pub enum ProxyError {
     RequestTimeout(String),
     #[error(transparent)]
     CredentialUnavailable(#[from] CredentialError),
+    /// The token service refused a token azgate asked for on a client's behalf (Video
+    /// Indexer's classic auth calls): its 4xx status goes back to the client.
+    #[error("{message}")]
+    TokenRefused { status: StatusCode, message: String },
     #[error("upstream {upstream} is unreachable: {reason}")]
     UpstreamUnreachable { upstream: String, reason: String },
     #[error("upstream {upstream} sent no response headers within {}", humantime::format_duration(*.after))]
@@ -59,6 +63,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::RequestTimeout(_) => "request_timeout",
             ProxyError::CredentialUnavailable(_) => "credential_unavailable",
+            ProxyError::TokenRefused { .. } => "token_refused",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
         }
@@ -73,6 +78,7 @@ impl ProxyError {
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::TokenRefused { status, .. } => *status,
             ProxyError::CredentialUnavailable(_) | ProxyError::UpstreamUnreachable { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -82,7 +88,9 @@ impl ProxyError {
 
     pub fn source(&self) -> ErrorSource {
         match self {
-            ProxyError::CredentialUnavailable(_) => ErrorSource::Credential,
+            ProxyError::CredentialUnavailable(_) | ProxyError::TokenRefused { .. } => {
+                ErrorSource::Credential
+            }
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
                 ErrorSource::Upstream
             }
@@ -153,6 +161,14 @@ mod tests {
                 }),
                 502,
                 "credential_unavailable",
+            ),
+            (
+                ProxyError::TokenRefused {
+                    status: StatusCode::NOT_FOUND,
+                    message: "Video Indexer answered 404".into(),
+                },
+                404,
+                "token_refused",
             ),
             (
                 ProxyError::UpstreamUnreachable {
