@@ -131,45 +131,78 @@ pub async fn probe_credentials(config: &Config, env: &Env) -> ProbeReport {
             (Ok(_), None) => "ok".to_string(),
             (Err(err), _) => format!("FAILED: {}", err.reason),
         };
+        let tried = credential.cache().map(|c| c.tried()).unwrap_or_default();
         (
-            credential.name().to_string(),
-            source,
-            outcome,
+            [credential.name().to_string(), source, outcome],
+            tried,
             result.is_ok(),
         )
     });
     let results = futures_util::future::join_all(probes).await;
-    let all_ok = results.iter().all(|r| r.3);
-    let rows: Vec<[String; 3]> = results.into_iter().map(|(n, s, o, _)| [n, s, o]).collect();
+    let all_ok = results.iter().all(|r| r.2);
     let mut text = String::from("\nprobe:\n");
-    if rows.is_empty() {
+    if results.is_empty() {
         text.push_str("  (no credentials)\n");
     } else {
+        let rows: Vec<[String; 3]> = results.iter().map(|r| r.0.clone()).collect();
         text.push_str(&table(&["NAME", "SOURCE", "RESULT"], &rows));
     }
+    let steps: Vec<[String; 4]> = results
+        .iter()
+        .flat_map(|([name, ..], tried, _)| tried.iter().map(move |step| step_row(name, step)))
+        .collect();
+    if !steps.is_empty() {
+        text.push_str("\nsources tried (default chain):\n");
+        text.push_str(&table(&["NAME", "SOURCE", "OUTCOME", "WHY"], &steps));
+    }
     ProbeReport { text, all_ok }
+}
+
+/// One source a chained credential looked at. A failure's reason is already in the
+/// RESULT column, so it is not printed twice.
+fn step_row(name: &str, step: &crate::credentials::token::SourceStep) -> [String; 4] {
+    use crate::credentials::token::StepOutcome;
+    let why = match step.outcome {
+        StepOutcome::Unavailable => step.reason.clone().unwrap_or_default(),
+        StepOutcome::Failed => "set up here but failed (RESULT above); the chain stops".into(),
+        StepOutcome::Used => String::new(),
+    };
+    [
+        name.to_string(),
+        step.source.to_string(),
+        step.outcome.as_str().to_string(),
+        why,
+    ]
 }
 
 fn whole_seconds(d: std::time::Duration) -> std::time::Duration {
     std::time::Duration::from_secs(d.as_secs())
 }
 
+/// `azgate token NAME`: needs only NAME's variables (and its `arm` credential's); a
+/// problem elsewhere in the file does not stop it.
 fn token(source: ConfigSource, name: &str) -> ExitCode {
-    let config = match load(&source) {
-        Ok(config) => config,
-        Err(code) => return code,
+    let subset = match source.load_credential(name) {
+        Ok(subset) => subset,
+        Err(err) => {
+            eprintln!("{err}");
+            eprintln!(
+                "azgate: credential \"{name}\" has {} problem(s)",
+                err.problems.len()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     logging::init_quiet();
-    let credentials = CredentialSet::build(&config.credentials, &Env::process());
+    let credentials = CredentialSet::build(&subset.credentials, &Env::process());
     let Some(credential) = credentials.get(name) else {
-        let known: Vec<&str> = config.credentials.keys().map(String::as_str).collect();
         eprintln!(
             "azgate: no credential named \"{name}\" in {}; known: {}",
-            config.file,
-            if known.is_empty() {
+            source.display_name(),
+            if subset.known.is_empty() {
                 "none".to_string()
             } else {
-                known.join(", ")
+                subset.known.join(", ")
             }
         );
         return ExitCode::FAILURE;

@@ -2,12 +2,12 @@
 //! server holds it in an `ArcSwap`, so a reload builds a new `Gateway` off the request
 //! path and swaps it in whole; requests in flight keep the snapshot they started with.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::credentials::CredentialSet;
+use crate::credentials::{Credential, CredentialSet};
 use crate::env::Env;
 use crate::proxy::forward::UpstreamClient;
 use crate::proxy::inbound::access::AccessPolicy;
@@ -69,5 +69,41 @@ impl Gateway {
             access,
             admin_access,
         }
+    }
+
+    /// The credentials `/readyz` follows: `admin.ready_requires` when set, else every
+    /// credential a route uses. Each once, in name order.
+    pub fn readiness_credentials(&self) -> Vec<&Arc<Credential>> {
+        match &self.config.admin.ready_requires {
+            Some(names) => self.named(names.iter().map(String::as_str)),
+            None => self.route_credentials(),
+        }
+    }
+
+    /// The credentials kept fresh in the background: those routes use, and those
+    /// readiness depends on.
+    pub fn watched_credentials(&self) -> Vec<&Arc<Credential>> {
+        let mut names: Vec<&str> = self.route_credentials().iter().map(|c| c.name()).collect();
+        if let Some(required) = &self.config.admin.ready_requires {
+            names.extend(required.iter().map(String::as_str));
+        }
+        self.named(names.into_iter())
+    }
+
+    fn route_credentials(&self) -> Vec<&Arc<Credential>> {
+        self.named(
+            self.config
+                .routes
+                .iter()
+                .filter_map(|route| route.credential.as_deref()),
+        )
+    }
+
+    fn named<'a>(&self, names: impl Iterator<Item = &'a str>) -> Vec<&Arc<Credential>> {
+        let names: BTreeSet<&str> = names.collect();
+        names
+            .into_iter()
+            .filter_map(|name| self.credentials.get(name))
+            .collect()
     }
 }

@@ -52,9 +52,13 @@ pub fn init(config: &LogConfig) {
 }
 
 /// For one-shot commands (`token`, `check --probe`): warnings and errors only, so stdout
-/// stays clean for scripts.
+/// stays clean for scripts. The credential modules' warnings are left out: these commands
+/// print each credential's failure themselves, and the log line would say it twice.
 pub fn init_quiet() {
-    let filter = filter("warn", std::env::var("RUST_LOG").ok());
+    let filter = filter(
+        "warn,azgate::credentials=error",
+        std::env::var("RUST_LOG").ok(),
+    );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

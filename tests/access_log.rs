@@ -74,6 +74,12 @@ async fn one_json_line_per_request_without_secrets() {
     assert_eq!(e["complete"], true);
     assert!(e["duration_ms"].as_f64().is_some());
     assert!(e["upstream_ms"].as_f64().is_some());
+    // Rounded to the microsecond, without float noise like 2439.1080230000002.
+    for field in ["duration_ms", "upstream_ms"] {
+        let printed = e[field].to_string();
+        let decimals = printed.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 3, "{field} = {printed}");
+    }
 
     let e = &events[1];
     assert_eq!(e["status"], 404);

@@ -276,3 +276,108 @@ fn check_and_serve_refuse_tls_files_serve_could_not_use_and_exit_2() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn token_needs_only_the_variables_of_its_credential() {
+    let (_dir, path) = write_config(
+        r#"
+        [server]
+        listen = "${CLI_TEST_UNSET_LISTEN}"
+        [credentials.key]
+        type = "subscription_key"
+        key = "${CLI_TEST_KEY}"
+        [credentials.other]
+        type = "client_secret"
+        tenant = "contoso"
+        client_id = "app"
+        client_secret = "${CLI_TEST_UNSET_SECRET}"
+        scope = "https://management.azure.com/.default"
+        [[routes]]
+        prefix = "/a"
+        upstream = "http://127.0.0.1:1"
+        credential = "other"
+        api_keys = ["${CLI_TEST_UNSET_ROUTE_KEY}"]
+        "#,
+    );
+    let out = azgate()
+        .args(["token", "key", "-c"])
+        .arg(&path)
+        .env("CLI_TEST_KEY", "the-key-value")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "the-key-value\n");
+    assert!(stderr.is_empty(), "{stderr}");
+
+    // A problem in the credential asked for is still a config error, and only it is named.
+    let out = azgate()
+        .args(["token", "other", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "credentials.other.client_secret: environment variable CLI_TEST_UNSET_SECRET is not set"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("CLI_TEST_UNSET_LISTEN") && !stderr.contains("CLI_TEST_UNSET_ROUTE_KEY"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+
+    // `check` still validates the whole file.
+    let out = azgate()
+        .args(["check", "-c"])
+        .arg(&path)
+        .env("CLI_TEST_KEY", "the-key-value")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn token_and_probe_print_a_failure_once() {
+    let (_dir, path) = write_config(
+        r#"
+        [credentials.broken]
+        type = "client_secret"
+        tenant = "contoso"
+        client_id = "app"
+        client_secret = "not-printed-secret"
+        scope = "https://management.azure.com/.default"
+        token_url = "http://127.0.0.1:1/token"
+        "#,
+    );
+    let out = azgate()
+        .args(["token", "broken", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reason = stderr
+        .lines()
+        .find_map(|l| l.split_once("is unavailable: ").map(|(_, r)| r.to_string()))
+        .unwrap_or_else(|| panic!("no failure line:\n{stderr}"));
+    assert_eq!(stderr.matches(reason.as_str()).count(), 1, "{stderr}");
+
+    let out = azgate()
+        .args(["check", "--probe", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("FAILED"), "{all}");
+    assert_eq!(all.matches(reason.as_str()).count(), 1, "{all}");
+    assert!(!all.contains("not-printed-secret"));
+}

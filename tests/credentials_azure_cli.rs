@@ -5,75 +5,13 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use azgate::credentials::{Credential, CredentialSet};
+use support::azure_cli::FakeAz;
 use support::{Azgate, MockUpstream, client, json, seen};
-
-/// A temp dir holding an `az` script.
-struct FakeAz {
-    dir: tempfile::TempDir,
-}
-
-impl FakeAz {
-    /// `body` runs after the script has recorded its arguments to `args` and its
-    /// environment to `env` in the same dir; `{dir}` in it names that dir.
-    fn new(body: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        let body = body.replace("{dir}", &d.to_string());
-        let script = format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{d}/args'\n\
-             printf 'PATH=%s\\nAZURE_CORE_NO_COLOR=%s\\n' \"$PATH\" \"$AZURE_CORE_NO_COLOR\" > '{d}/env'\n\
-             {body}\n"
-        );
-        write_executable(&dir.path().join("az"), &script);
-        Self { dir }
-    }
-
-    /// A script printing `json` on stdout.
-    fn printing(json: &serde_json::Value) -> Self {
-        Self::new(&format!("printf '%s\\n' '{json}'"))
-    }
-
-    fn path(&self) -> String {
-        self.dir.path().display().to_string()
-    }
-
-    fn args(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("args"))
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn env(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("env")).unwrap()
-    }
-}
-
-/// Written by a child process: a write handle held in this process could leak into
-/// another test's fork and make exec of the script fail with "Text file busy".
-fn write_executable(path: &Path, text: &str) {
-    let mut writer = Command::new("/bin/sh")
-        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
-        .arg(path)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writer
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    assert!(writer.wait().unwrap().success());
-}
 
 /// The credential `cli` built from `table` (its keys after `type`), with `PATH` = `path`.
 fn credential(table: &str, path: &str) -> Arc<Credential> {

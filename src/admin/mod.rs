@@ -211,8 +211,10 @@ fn respond(
     }
 }
 
-/// 200 when serving and no credential used by a route is failing without a valid token;
-/// 503 while draining or when one is, with the reason.
+/// 200 when serving and no credential readiness follows (`admin.ready_requires`, by
+/// default every credential a route uses) is failing without a valid token; 503 while
+/// draining or when one is, naming each failing credential, its error and when the
+/// background retry (`credentials::refresher`) makes the next attempt.
 fn readiness(state: &AdminState) -> Response<ProxyBody> {
     if state.health.is_draining() {
         return json(
@@ -222,14 +224,19 @@ fn readiness(state: &AdminState) -> Response<ProxyBody> {
     }
     let gateway = state.gateway.load();
     let failing: Vec<serde_json::Value> = gateway
-        .router
-        .routes()
-        .filter_map(|route| route.credential.as_ref())
+        .readiness_credentials()
+        .into_iter()
         .filter_map(|credential| {
             let status = credential.cache()?.status();
-            (!status.has_token && status.last_error.is_some()).then(
-                || serde_json::json!({"credential": credential.name(), "error": status.last_error}),
-            )
+            (!status.has_token && status.last_error.is_some()).then(|| {
+                let next = status.next_attempt_in.unwrap_or_default();
+                serde_json::json!({
+                    "credential": credential.name(),
+                    "error": status.last_error,
+                    "next_attempt_in_ms": next.as_millis() as u64,
+                    "next_attempt_at_ms": status::unix_ms(std::time::SystemTime::now() + next),
+                })
+            })
         })
         .collect();
     if failing.is_empty() {
@@ -237,7 +244,7 @@ fn readiness(state: &AdminState) -> Response<ProxyBody> {
     } else {
         json(
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"status": "not_ready", "reason": "a credential used by a route has no valid token", "credentials": failing})
+            serde_json::json!({"status": "not_ready", "reason": "a credential readiness requires has no valid token; it is retried in the background", "credentials": failing})
                 .to_string(),
         )
     }

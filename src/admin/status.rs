@@ -7,11 +7,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json as j};
 
 use super::AdminState;
+use crate::credentials::TokenCache;
 
 /// The self-contained status page (HTML, CSS and script inline; no external assets).
 pub const PAGE: &str = include_str!("status.html");
 
-fn unix_ms(at: SystemTime) -> u64 {
+pub(super) fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
@@ -60,6 +61,7 @@ pub fn json(state: &AdminState) -> Value {
                     "last_refresh_ms": s.last_refresh_ago.and_then(|ago| now.checked_sub(ago)).map(unix_ms),
                     "last_error": s.last_error,
                     "fetches": {"success": s.successes, "failure": s.failures},
+                    "sources_tried": sources_tried(cache),
                 })
             }
             None => j!({
@@ -71,6 +73,7 @@ pub fn json(state: &AdminState) -> Value {
                 "last_refresh_ms": null,
                 "last_error": null,
                 "fetches": null,
+                "sources_tried": [],
             }),
         })
         .collect();
@@ -86,4 +89,14 @@ pub fn json(state: &AdminState) -> Value {
         "credentials": credentials,
         "requests": state.telemetry.history(),
     })
+}
+
+/// What a chained credential (`default`) looked at: each source, `used`, `failed` or
+/// `unavailable`, and why. Empty for other credentials.
+fn sources_tried(cache: &TokenCache) -> Vec<Value> {
+    cache
+        .tried()
+        .into_iter()
+        .map(|step| j!({"source": step.source, "outcome": step.outcome.as_str(), "reason": step.reason}))
+        .collect()
 }

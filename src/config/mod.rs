@@ -13,6 +13,7 @@ mod raw;
 mod retry;
 mod routes;
 mod server;
+mod single;
 pub mod tls;
 mod units;
 mod validate;
@@ -31,6 +32,7 @@ use crate::secret::Secret;
 pub use credentials::read_client_certificate;
 pub use error::{ConfigError, Problem};
 pub use server::{exposed_admin, exposed_proxy};
+pub use single::{CredentialSubset, parse_credential};
 pub use units::{parse_duration, parse_size};
 
 /// The configuration used when no file is given: ARM through the `default` credential, so
@@ -135,6 +137,9 @@ pub struct AdminConfig {
     pub tls: Option<TlsConfig>,
     /// Who may call the admin endpoints (`[admin.inbound]`, same keys as `[server.inbound]`).
     pub inbound: InboundConfig,
+    /// The credentials whose failure (no valid token left) makes `/readyz` answer 503.
+    /// `None` (the default): every credential a route uses; an empty list: none.
+    pub ready_requires: Option<Vec<String>>,
 }
 
 /// `[log]`.
@@ -469,6 +474,20 @@ impl ConfigSource {
     /// Reads and validates the config, with variables from the process environment.
     pub fn load(&self) -> Result<Config, ConfigError> {
         let env = |name: &str| std::env::var(name).ok();
+        let (text, base_dir) = self.read()?;
+        parse(&text, &self.display_name(), &base_dir, &env)
+    }
+
+    /// Reads and validates only the credential `name` and what it depends on, for
+    /// `azgate token NAME`: problems elsewhere in the file do not stop it.
+    pub fn load_credential(&self, name: &str) -> Result<CredentialSubset, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let (text, base_dir) = self.read()?;
+        parse_credential(&text, &self.display_name(), &base_dir, &env, name)
+    }
+
+    /// The config text and the directory relative paths in it start from.
+    fn read(&self) -> Result<(String, PathBuf), ConfigError> {
         match self {
             ConfigSource::File(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -478,12 +497,10 @@ impl ConfigSource {
                         message: format!("cannot read the config file: {e}"),
                     }],
                 })?;
-                let base_dir = path.parent().unwrap_or(Path::new("."));
-                parse(&text, &self.display_name(), base_dir, &env)
+                let base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                Ok((text, base_dir))
             }
-            ConfigSource::Embedded => {
-                parse(EMBEDDED_DEFAULT, &self.display_name(), Path::new("."), &env)
-            }
+            ConfigSource::Embedded => Ok((EMBEDDED_DEFAULT.to_string(), PathBuf::from("."))),
         }
     }
 }
@@ -497,27 +514,30 @@ pub fn parse(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let mut problems = error::Problems::default();
-    let mut root: toml::Value = match toml::from_str(text) {
-        Ok(value) => value,
-        Err(e) => {
-            let at = e.span().map(|span| line_and_column(text, span.start));
-            let message = e.message().trim_end();
-            match at {
-                Some((line, column)) => problems.push(
-                    "",
-                    format!("not valid TOML at line {line}, column {column}: {message}"),
-                ),
-                None => problems.push("", format!("not valid TOML: {message}")),
-            }
-            return Err(problems.into_error(file));
-        }
-    };
+    let mut root = toml_document(text, file)?;
     interpolate::interpolate_tree(&mut root, "", env, &mut problems);
     let config = validate::validate(root, file, base_dir, &mut problems);
     match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(problems.into_error(file)),
     }
+}
+
+/// The TOML document, or the syntax error with its line and column.
+fn toml_document(text: &str, file: &str) -> Result<toml::Value, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let mut problems = error::Problems::default();
+        let at = e.span().map(|span| line_and_column(text, span.start));
+        let message = e.message().trim_end();
+        match at {
+            Some((line, column)) => problems.push(
+                "",
+                format!("not valid TOML at line {line}, column {column}: {message}"),
+            ),
+            None => problems.push("", format!("not valid TOML: {message}")),
+        }
+        problems.into_error(file)
+    })
 }
 
 /// 1-based line and column of a byte offset.

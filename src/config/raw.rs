@@ -35,6 +35,7 @@ pub struct RawServer {
 #[serde(default)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    pub ready_requires: Option<Vec<String>>,
     pub tls: Option<toml::Table>,
     pub inbound: Option<toml::Table>,
 }

@@ -57,7 +57,14 @@ pub fn validate(
     }
 
     let server = server::validate(server, base_dir, problems);
-    let admin = validate_admin(admin, base_dir, problems);
+    let ready_requires = admin.ready_requires.take();
+    let log = validate_log(log, problems);
+    // Routes may name any declared credential, valid or not: a broken credential is
+    // reported once, at its own path, not again at every route that uses it.
+    let declared: Vec<String> = credential_tables.keys().cloned().collect();
+    let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
+    let mut admin = validate_admin(admin, base_dir, problems);
+    admin.ready_requires = ready_requires.map(|names| known_names(names, &declared, problems));
     // Caught here, not by `serve`'s "Address already in use", which blames another process.
     if let Some(addr) = admin.listen
         && server::listeners_collide(server.listen, addr)
@@ -71,11 +78,6 @@ pub fn validate(
             ),
         );
     }
-    let log = validate_log(log, problems);
-    // Routes may name any declared credential, valid or not: a broken credential is
-    // reported once, at its own path, not again at every route that uses it.
-    let declared: Vec<String> = credential_tables.keys().cloned().collect();
-    let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
     let preset_audiences = presets::credential_audiences(&route_values, problems);
     let credentials =
         credentials::validate_all(credential_tables, &preset_audiences, base_dir, problems);
@@ -126,7 +128,26 @@ fn validate_admin(raw: RawAdmin, base_dir: &Path, problems: &mut Problems) -> Ad
         listen,
         tls,
         inbound,
+        ready_requires: None,
     }
+}
+
+/// `admin.ready_requires`: every name must be a declared credential.
+fn known_names(names: Vec<String>, declared: &[&str], problems: &mut Problems) -> Vec<String> {
+    for (i, name) in names.iter().enumerate() {
+        if !declared.contains(&name.as_str()) {
+            let known = if declared.is_empty() {
+                "none".to_string()
+            } else {
+                declared.join(", ")
+            };
+            problems.push(
+                format!("admin.ready_requires[{i}]"),
+                format!("unknown credential \"{name}\"; known: {known}"),
+            );
+        }
+    }
+    names
 }
 
 fn validate_log(raw: RawLog, problems: &mut Problems) -> LogConfig {

@@ -57,6 +57,7 @@ impl AzureCli {
             FetchError::new(
                 "Azure CLI (`az`) not found on PATH; install it or use another credential type",
             )
+            .unavailable()
         })?;
         let child = tokio::process::Command::new(&az)
             .args(self.arguments())
@@ -143,6 +144,7 @@ fn failure(code: Option<i32>, stderr: &[u8]) -> FetchError {
         FetchError::new(format!(
             "Azure CLI not logged in: run `az login` (az: {first_line})"
         ))
+        .unavailable()
     } else {
         FetchError::new(format!("az failed ({exit}): {first_line}"))
     }

@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
-use super::token::{FetchError, Token, TokenSource};
+use super::token::{FetchError, SourceStep, Token, TokenSource};
 
 /// No single fetch may take longer than this, whatever the source does.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,6 +55,8 @@ pub struct CacheStatus {
     pub expires_in: Option<Duration>,
     pub last_refresh_ago: Option<Duration>,
     pub last_error: Option<String>,
+    /// When a fetch may start next after a failure (zero: now, or one is running).
+    pub next_attempt_in: Option<Duration>,
     pub fetches: u64,
     /// Fetches that returned a token, and that failed.
     pub successes: u64,
@@ -82,6 +84,11 @@ impl TokenCache {
 
     pub fn describe(&self) -> String {
         self.source.describe()
+    }
+
+    /// For chained sources (`default`): the sources the last fetch looked at.
+    pub fn tried(&self) -> Vec<SourceStep> {
+        self.source.tried()
     }
 
     /// A usable token. Returns at once while a valid token is held (starting a
@@ -157,10 +164,40 @@ impl TokenCache {
             expires_in: state.token.as_ref().map(|t| t.time_left(now)),
             last_refresh_ago: state.last_refresh.map(|at| now.duration_since(at)),
             last_error: state.last_error.as_ref().map(|e| e.message.clone()),
+            next_attempt_in: state.last_error.as_ref().map(|_| {
+                state
+                    .retry_at
+                    .filter(|_| state.inflight.is_none())
+                    .map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
+            }),
             fetches: state.fetches,
             successes: state.successes,
             failures: state.failed_fetches,
         }
+    }
+
+    /// Background upkeep without traffic (`refresher.rs` calls it): starts the fetch that
+    /// is due for a cache that has been used — a retry once a failure's backoff has run
+    /// out, or the refresh of a held token at its refresh point — and returns when it is
+    /// due next. `None` when nothing is due: the cache was never used (tokens are fetched
+    /// on first use), or a fetch is running.
+    pub fn tend(self: &Arc<Self>) -> Option<Instant> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        if state.inflight.is_some() || (state.token.is_none() && state.last_error.is_none()) {
+            return None;
+        }
+        let backoff_over = state.retry_at.unwrap_or(now);
+        let due = match state.token.as_ref().filter(|t| t.usable(now)) {
+            Some(token) => token.refresh_due_at().max(backoff_over),
+            None => backoff_over,
+        };
+        if due > now {
+            return Some(due);
+        }
+        tracing::debug!(credential = %self.name, "fetching a token in the background");
+        drop(self.start_fetch(&mut state));
+        None
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -468,6 +505,48 @@ mod tests {
         tokio::time::advance(FORCED_REFRESH_INTERVAL + Duration::from_millis(1)).await;
         assert!(cache.reject(&t2));
         assert_eq!(cache.token().await.unwrap().value.expose(), "t3");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tending_retries_with_backoff_and_refreshes_ahead_without_traffic() {
+        let (cache, fetches) = cache(Duration::ZERO, |n| {
+            if n <= 3 {
+                Err(FetchError::new("HTTP 503"))
+            } else {
+                Ok((format!("t{n}"), HOUR))
+            }
+        });
+        assert_eq!(cache.tend(), None, "a cache nobody used is left alone");
+        assert_eq!(fetches.load(Ordering::SeqCst), 0);
+        assert!(cache.token().await.is_err());
+        // Failure 1: the next attempt is due after the 1 s backoff, not before.
+        let started = Instant::now();
+        let due = cache.tend().unwrap();
+        assert_eq!(due - started, Duration::from_secs(1));
+        assert_eq!(cache.status().next_attempt_in, Some(Duration::from_secs(1)));
+        let mut attempts = Vec::new();
+        while fetches.load(Ordering::SeqCst) < 4 {
+            match cache.tend() {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => {
+                    attempts.push(Instant::now() - started);
+                    settle().await;
+                }
+            }
+        }
+        // Retries at 1 s, then 2 s and 4 s later: the cache's own backoff.
+        let secs: Vec<u64> = attempts.iter().map(|d| d.as_secs()).collect();
+        assert_eq!(secs, [1, 3, 7]);
+        assert!(cache.status().has_token);
+        assert_eq!(cache.status().next_attempt_in, None);
+        // A held token is refreshed at its refresh point, 5 min before expiry.
+        let due = cache.tend().unwrap();
+        assert_eq!(due - Instant::now(), HOUR - Duration::from_secs(300));
+        tokio::time::sleep_until(due).await;
+        assert_eq!(cache.tend(), None);
+        settle().await;
+        assert_eq!(fetches.load(Ordering::SeqCst), 5);
+        assert_eq!(cache.token().await.unwrap().value.expose(), "t5");
     }
 
     #[tokio::test(start_paused = true)]

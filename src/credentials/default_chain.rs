@@ -1,15 +1,22 @@
-//! `default`: the first source that yields a token, in the order the Azure SDKs use —
+//! `default`: the first source available here, in the order the Azure SDKs use —
 //! environment (`AZURE_CLIENT_SECRET` or `AZURE_CLIENT_CERTIFICATE_PATH`), workload
-//! identity, managed identity (a quick probe), Azure CLI. The winner is remembered; when
-//! none works, the error says why each one failed.
+//! identity, managed identity (a quick probe), Azure CLI.
+//!
+//! The chain moves past a source only when it is not set up here (variables unset, no
+//! identity endpoint answering or identity not assigned, `az` missing or not logged in),
+//! as `DefaultAzureCredential` does. A source that is set up and fails (a wrong
+//! `AZURE_CLIENT_SECRET`: AADSTS7000215) stops the chain with its error, so requests never
+//! go out quietly as another identity. The source that answered — with a token or with a
+//! failure — is remembered: later fetches go to it alone, with the cache's backoff. The
+//! sources looked at are kept for `check --probe` and `/status.json`.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use super::azure_cli::AzureCli;
 use super::entra::{ClientCertificate, ClientSecret, WorkloadIdentity};
 use super::managed_identity::ManagedIdentity;
-use super::token::{FetchError, FetchFuture, TokenSource};
+use super::token::{FetchError, FetchFuture, SourceStep, StepOutcome, TokenSource};
 use crate::config::{
     Audience, AzureCliConfig, ClientCertificateConfig, ClientSecretConfig, DefaultConfig, EntraApp,
     ManagedIdentityConfig, WorkloadIdentityConfig,
@@ -27,7 +34,15 @@ struct Candidate {
 
 pub struct DefaultChain {
     candidates: Vec<Candidate>,
-    chosen: Mutex<Option<usize>>,
+    state: Mutex<ChainState>,
+}
+
+#[derive(Default)]
+struct ChainState {
+    /// The source the chain stopped at; later fetches use it alone.
+    chosen: Option<usize>,
+    /// What the last walk of the chain found, updated by later fetches of the chosen one.
+    steps: Vec<SourceStep>,
 }
 
 impl DefaultChain {
@@ -69,47 +84,99 @@ impl DefaultChain {
         ];
         Self {
             candidates,
-            chosen: Mutex::new(None),
+            state: Mutex::new(ChainState::default()),
         }
     }
 
-    fn chosen(&self) -> Option<usize> {
-        *self.chosen.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, ChainState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fetch from the source the chain already stopped at.
+    async fn fetch_chosen(&self, i: usize) -> Result<super::token::Token, FetchError> {
+        let candidate = &self.candidates[i];
+        let source = candidate.chosen.as_ref().unwrap_or(&candidate.probe);
+        let result = source.fetch().await;
+        if let Some(step) = self.lock().steps.last_mut() {
+            step.outcome = match &result {
+                Ok(_) => StepOutcome::Used,
+                Err(_) => StepOutcome::Failed,
+            };
+            step.reason = result.as_ref().err().map(|e| e.message.clone());
+        }
+        result.map_err(|err| stopped_at(candidate.name, err))
+    }
+}
+
+/// The error of a source that is set up and failed: the chain stops there.
+fn stopped_at(name: &str, err: FetchError) -> FetchError {
+    FetchError {
+        message: format!(
+            "{name}: {} (the default chain stops at a source that is set up but fails)",
+            err.message
+        ),
+        unavailable: false,
+        ..err
     }
 }
 
 impl TokenSource for DefaultChain {
     fn fetch(&self) -> FetchFuture<'_> {
         Box::pin(async move {
-            if let Some(i) = self.chosen() {
-                let candidate = &self.candidates[i];
-                return candidate
-                    .chosen
-                    .as_ref()
-                    .unwrap_or(&candidate.probe)
-                    .fetch()
-                    .await;
+            let chosen = self.lock().chosen;
+            if let Some(i) = chosen {
+                return self.fetch_chosen(i).await;
             }
-            let mut reasons = Vec::new();
+            let mut steps = Vec::new();
+            let mut outcome = None;
             for (i, candidate) in self.candidates.iter().enumerate() {
-                match candidate.probe.fetch().await {
-                    Ok(token) => {
-                        tracing::info!("default credential: using {}", candidate.name);
-                        *self.chosen.lock().unwrap_or_else(|p| p.into_inner()) = Some(i);
-                        return Ok(token);
+                let result = candidate.probe.fetch().await;
+                let (step_outcome, reason) = match &result {
+                    Ok(_) => (StepOutcome::Used, None),
+                    Err(err) if err.unavailable => {
+                        (StepOutcome::Unavailable, Some(err.message.clone()))
                     }
-                    Err(err) => reasons.push(format!("{}: {}", candidate.name, err.message)),
+                    Err(err) => (StepOutcome::Failed, Some(err.message.clone())),
+                };
+                steps.push(SourceStep {
+                    source: candidate.name,
+                    outcome: step_outcome,
+                    reason,
+                });
+                if step_outcome != StepOutcome::Unavailable {
+                    outcome = Some((i, result));
+                    break;
                 }
             }
-            Err(FetchError::new(format!(
-                "no credential source worked ({})",
-                reasons.join("; ")
-            )))
+            let mut state = self.lock();
+            let reasons: Vec<String> = steps
+                .iter()
+                .map(|s| format!("{}: {}", s.source, s.reason.as_deref().unwrap_or("")))
+                .collect();
+            state.steps = steps;
+            match outcome {
+                Some((i, result)) => {
+                    state.chosen = Some(i);
+                    let name = self.candidates[i].name;
+                    match result {
+                        Ok(token) => {
+                            tracing::info!("default credential: using {name}");
+                            Ok(token)
+                        }
+                        Err(err) => Err(stopped_at(name, err)),
+                    }
+                }
+                // Nothing chosen: the next fetch walks the chain again (after `az login`).
+                None => Err(FetchError::new(format!(
+                    "no credential source is available ({})",
+                    reasons.join("; ")
+                ))),
+            }
         })
     }
 
     fn describe(&self) -> String {
-        match self.chosen() {
+        match self.lock().chosen {
             Some(i) => format!(
                 "default, using {}: {}",
                 self.candidates[i].name,
@@ -119,6 +186,10 @@ impl TokenSource for DefaultChain {
                 .to_string(),
         }
     }
+
+    fn tried(&self) -> Vec<SourceStep> {
+        self.lock().steps.clone()
+    }
 }
 
 /// `AZURE_TENANT_ID` + `AZURE_CLIENT_ID` with `AZURE_CLIENT_SECRET` or
@@ -126,7 +197,7 @@ impl TokenSource for DefaultChain {
 fn environment(audience: &Audience, env: &Env) -> Box<dyn TokenSource> {
     let (Some(tenant), Some(client_id)) = (env.get("AZURE_TENANT_ID"), env.get("AZURE_CLIENT_ID"))
     else {
-        return Unavailable::boxed("AZURE_TENANT_ID and AZURE_CLIENT_ID are not both set");
+        return unavailable("AZURE_TENANT_ID and AZURE_CLIENT_ID are not both set");
     };
     let app = EntraApp {
         tenant,
@@ -159,17 +230,19 @@ fn environment(audience: &Audience, env: &Env) -> Box<dyn TokenSource> {
                 };
                 Box::new(ClientCertificate::new(&config, env))
             }
-            Err(message) => {
-                Unavailable::boxed(&format!("AZURE_CLIENT_CERTIFICATE_PATH: {message}"))
-            }
+            // Set up, but unusable: the chain stops here, as the SDKs' does.
+            Err(message) => Box::new(NotUsable {
+                reason: format!("AZURE_CLIENT_CERTIFICATE_PATH: {message}"),
+                unavailable: false,
+            }),
         };
     }
-    Unavailable::boxed("neither AZURE_CLIENT_SECRET nor AZURE_CLIENT_CERTIFICATE_PATH is set")
+    unavailable("neither AZURE_CLIENT_SECRET nor AZURE_CLIENT_CERTIFICATE_PATH is set")
 }
 
 fn workload_identity(audience: &Audience, env: &Env) -> Box<dyn TokenSource> {
     if env.get("AZURE_FEDERATED_TOKEN_FILE").is_none() {
-        return Unavailable::boxed("AZURE_FEDERATED_TOKEN_FILE is not set");
+        return unavailable("AZURE_FEDERATED_TOKEN_FILE is not set");
     }
     let config = WorkloadIdentityConfig {
         audience: audience.clone(),
@@ -196,22 +269,34 @@ fn managed_identity(audience: &Audience, env: &Env) -> ManagedIdentityConfig {
     }
 }
 
-/// A source that is not configured in this environment, with the reason.
-struct Unavailable(String);
-
-impl Unavailable {
-    fn boxed(reason: &str) -> Box<dyn TokenSource> {
-        Box::new(Self(reason.to_string()))
-    }
+/// A source that cannot be used as the environment sets it up, with the reason.
+struct NotUsable {
+    reason: String,
+    /// Not set up at all (the chain moves on), rather than set up wrongly (it stops).
+    unavailable: bool,
 }
 
-impl TokenSource for Unavailable {
+/// A source not set up in this environment: the chain moves on.
+fn unavailable(reason: &str) -> Box<dyn TokenSource> {
+    Box::new(NotUsable {
+        reason: reason.to_string(),
+        unavailable: true,
+    })
+}
+
+impl TokenSource for NotUsable {
     fn fetch(&self) -> FetchFuture<'_> {
-        let reason = self.0.clone();
-        Box::pin(async move { Err(FetchError::new(reason)) })
+        let mut err = FetchError::new(self.reason.clone());
+        err.unavailable = self.unavailable;
+        Box::pin(async move { Err(err) })
     }
 
     fn describe(&self) -> String {
-        format!("unavailable: {}", self.0)
+        let what = if self.unavailable {
+            "unavailable"
+        } else {
+            "misconfigured"
+        };
+        format!("{what}: {}", self.reason)
     }
 }

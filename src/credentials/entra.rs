@@ -184,7 +184,10 @@ impl WorkloadIdentity {
 impl TokenSource for WorkloadIdentity {
     fn fetch(&self) -> FetchFuture<'_> {
         Box::pin(async move {
-            let setup = self.setup.as_ref().map_err(FetchError::new)?;
+            let setup = self
+                .setup
+                .as_ref()
+                .map_err(|missing| FetchError::new(missing).unavailable())?;
             // Kubernetes rewrites the file before the token in it expires: read it for
             // every exchange so an expired federated token is never sent.
             let contents = tokio::fs::read_to_string(&setup.token_file)

@@ -172,7 +172,7 @@ impl ManagedIdentity {
                 let attempts = if attempt == 1 { "attempt" } else { "attempts" };
                 return Err(FetchError {
                     message: format!("{} (gave up after {attempt} {attempts})", error.message),
-                    retry_after: error.retry_after,
+                    ..error
                 });
             }
             tracing::debug!(
@@ -229,9 +229,11 @@ impl ManagedIdentity {
                 Some(id) => format!("user-assigned identity with client_id {id}"),
                 None => "system-assigned identity".to_string(),
             };
+            // The Azure SDKs treat this as "no managed identity here", not as a failure.
             return Attempt::Done(Err(FetchError::new(format!(
                 "managed identity not assigned: {name} has no {which} for this host: {detail} (HTTP {status})"
-            ))));
+            ))
+            .unavailable()));
         }
         let error = FetchError::new(format!("{name} answered HTTP {status}: {detail}"))
             .with_retry_after(retry_after);
@@ -255,6 +257,7 @@ impl ManagedIdentity {
             self.endpoint.url(),
             self.endpoint.name()
         ))
+        .unavailable()
     }
 }
 

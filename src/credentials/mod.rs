@@ -11,8 +11,9 @@ mod default_chain;
 mod entra;
 mod fixed;
 mod managed_identity;
+pub mod refresher;
 pub mod token;
-mod video_indexer;
+pub mod video_indexer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -98,6 +99,8 @@ enum Source {
     VideoIndexer {
         cache: Arc<TokenCache>,
         inject: VideoIndexerInject,
+        /// The account's narrower tokens (a project, a video, read-only).
+        scoped: video_indexer::ScopedTokens,
     },
 }
 
@@ -116,6 +119,14 @@ impl Credential {
         match &self.source {
             Source::Fixed(_) => None,
             Source::Bearer(cache) | Source::VideoIndexer { cache, .. } => Some(cache),
+        }
+    }
+
+    /// The scoped tokens of a Video Indexer credential.
+    pub fn video_indexer(&self) -> Option<&video_indexer::ScopedTokens> {
+        match &self.source {
+            Source::VideoIndexer { scoped, .. } => Some(scoped),
+            _ => None,
         }
     }
 
@@ -141,7 +152,7 @@ impl Credential {
                     slot: None,
                 })
             }
-            Source::VideoIndexer { cache, inject } => {
+            Source::VideoIndexer { cache, inject, .. } => {
                 let token = cache.token().await.map_err(|e| self.error(e.message))?;
                 let injection = match inject {
                     VideoIndexerInject::Query => Injection::Query {
@@ -294,12 +305,15 @@ impl CredentialSet {
                 .and_then(|arm| by_name.get(arm))
                 .and_then(|c: &Arc<Credential>| c.cache())
                 .cloned();
-            let source = video_indexer::VideoIndexer::new(vi, arm);
+            let source = Arc::new(video_indexer::VideoIndexer::new(vi, arm));
+            let account = video_indexer::AccountToken(source.clone());
+            let cache = TokenCache::new(name.clone(), Box::new(account));
             let credential = Credential {
                 name: name.clone(),
                 kind: config.kind(),
                 source: Source::VideoIndexer {
-                    cache: TokenCache::new(name.clone(), Box::new(source)),
+                    scoped: video_indexer::ScopedTokens::new(source, cache.clone()),
+                    cache,
                     inject: vi.inject,
                 },
             };

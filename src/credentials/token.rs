@@ -84,6 +84,12 @@ pub struct FetchError {
     pub message: String,
     /// How long the endpoint asked us to wait (`Retry-After`), if it did.
     pub retry_after: Option<Duration>,
+    /// The source is not set up here (variables unset, no identity endpoint answering,
+    /// `az` missing or not logged in), as opposed to set up and failing. The `default`
+    /// chain moves on only past unavailable sources.
+    pub unavailable: bool,
+    /// The HTTP status the token service refused with, when it answered with an error.
+    pub status: Option<u16>,
 }
 
 impl FetchError {
@@ -91,7 +97,20 @@ impl FetchError {
         Self {
             message: message.into(),
             retry_after: None,
+            unavailable: false,
+            status: None,
         }
+    }
+
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Marks the source as not available here (see `unavailable`).
+    pub fn unavailable(mut self) -> Self {
+        self.unavailable = true;
+        self
     }
 
     pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
@@ -106,6 +125,36 @@ impl std::fmt::Display for FetchError {
     }
 }
 
+/// One source a chained credential (`default`) looked at, and what came of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceStep {
+    /// "environment", "workload identity", "managed identity", "Azure CLI".
+    pub source: &'static str,
+    pub outcome: StepOutcome,
+    /// Why it was passed over or failed. Never a secret.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Not set up here: the chain moved on.
+    Unavailable,
+    /// Gave the token.
+    Used,
+    /// Set up here but failed: the chain stopped, and retries this source.
+    Failed,
+}
+
+impl StepOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepOutcome::Unavailable => "unavailable",
+            StepOutcome::Used => "used",
+            StepOutcome::Failed => "failed",
+        }
+    }
+}
+
 pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send + 'a>>;
 
 /// Where tokens come from: one implementation per credential `type`. The cache calls
@@ -116,11 +165,20 @@ pub trait TokenSource: Send + Sync + 'static {
     /// What the source is, for `check --probe` and the status page ("client_secret, tenant
     /// contoso, v2 endpoint"). Never a secret.
     fn describe(&self) -> String;
+
+    /// For chained sources: the sources the last fetch looked at, in order. Empty for the
+    /// others.
+    fn tried(&self) -> Vec<SourceStep> {
+        Vec::new()
+    }
 }
 
 /// A reqwest client for token endpoints: bounded connect and total time, rustls with the
 /// process's crypto provider, no redirects (a token endpoint that redirects is misconfigured).
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, FetchError> {
+    // reqwest panics without a provider; installing is idempotent, so a library caller
+    // (or a unit test run alone) that skipped `install_crypto_provider` still gets a client.
+    crate::install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10).min(timeout))
         .timeout(timeout)

@@ -76,7 +76,7 @@ impl AccessLog {
 
     fn finish(&mut self, bytes_out: u64, complete: bool) {
         self.emitted = true;
-        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let duration_ms = millis(self.started.elapsed());
         if let Some((telemetry, _inflight)) = self.telemetry.take() {
             self.log_event(duration_ms, bytes_out, complete);
             // The record takes the strings: the log line above was the last to need them.
@@ -102,13 +102,13 @@ impl AccessLog {
     /// it has no status to count in the request metrics.
     fn abandoned(&mut self) {
         self.emitted = true;
-        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let duration_ms = millis(self.started.elapsed());
         self.log_event(duration_ms, 0, false);
         self.telemetry = None;
     }
 
     fn log_event(&self, duration_ms: f64, bytes_out: u64, complete: bool) {
-        let upstream_ms = self.upstream_duration.map(|d| d.as_secs_f64() * 1000.0);
+        let upstream_ms = self.upstream_duration.map(millis);
         tracing::info!(
             target: "azgate::access",
             peer = %self.peer,
@@ -136,6 +136,39 @@ impl Drop for AccessLog {
     fn drop(&mut self) {
         if !self.emitted {
             self.abandoned();
+        }
+    }
+}
+
+/// Milliseconds with microsecond precision: `2439.108`, not the float noise of
+/// `as_secs_f64() * 1000.0` (`2439.1080230000002`). Dividing a whole number of microseconds
+/// gives the double nearest to the three-decimal value, which prints as exactly that.
+pub fn millis(duration: Duration) -> f64 {
+    duration.as_micros() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_with_at_most_three_decimals() {
+        // (duration, as the pretty log prints it, as the JSON log prints it)
+        let cases = [
+            (Duration::new(2, 439_108_023), "2439.108", "2439.108"),
+            (Duration::from_nanos(1_999), "0.001", "0.001"),
+            (Duration::from_nanos(999), "0", "0.0"),
+            (Duration::from_millis(120), "120", "120.0"),
+            (
+                Duration::from_micros(100_000_001),
+                "100000.001",
+                "100000.001",
+            ),
+            (Duration::from_micros(7_654_321), "7654.321", "7654.321"),
+        ];
+        for (duration, pretty, json) in cases {
+            assert_eq!(millis(duration).to_string(), pretty, "{duration:?}");
+            assert_eq!(serde_json::json!(millis(duration)).to_string(), json);
         }
     }
 }

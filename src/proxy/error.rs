@@ -46,6 +46,10 @@ pub enum ProxyError {
     RequestTimeout(String),
     #[error(transparent)]
     CredentialUnavailable(#[from] CredentialError),
+    /// The token service refused a token azgate asked for on a client's behalf (Video
+    /// Indexer's classic auth calls): its 4xx status goes back to the client.
+    #[error("{message}")]
+    TokenRefused { status: StatusCode, message: String },
     #[error("upstream {upstream} is unreachable: {reason}")]
     UpstreamUnreachable { upstream: String, reason: String },
     #[error("upstream {upstream} sent no response headers within {}", humantime::format_duration(*.after))]
@@ -65,6 +69,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::RequestTimeout(_) => "request_timeout",
             ProxyError::CredentialUnavailable(_) => "credential_unavailable",
+            ProxyError::TokenRefused { .. } => "token_refused",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
         }
@@ -80,6 +85,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::TokenRefused { status, .. } => *status,
             ProxyError::CredentialUnavailable(_) | ProxyError::UpstreamUnreachable { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -89,7 +95,9 @@ impl ProxyError {
 
     pub fn source(&self) -> ErrorSource {
         match self {
-            ProxyError::CredentialUnavailable(_) => ErrorSource::Credential,
+            ProxyError::CredentialUnavailable(_) | ProxyError::TokenRefused { .. } => {
+                ErrorSource::Credential
+            }
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
                 ErrorSource::Upstream
             }
@@ -168,6 +176,14 @@ mod tests {
                 }),
                 502,
                 "credential_unavailable",
+            ),
+            (
+                ProxyError::TokenRefused {
+                    status: StatusCode::NOT_FOUND,
+                    message: "Video Indexer answered 404".into(),
+                },
+                404,
+                "token_refused",
             ),
             (
                 ProxyError::UpstreamUnreachable {

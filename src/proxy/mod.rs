@@ -6,7 +6,9 @@
 //! ```
 //!
 //! `Proxy::handle` is the whole path for one request; each phase is a named function in
-//! its own module. Errors of any phase become a response in `error::respond`, and only there.
+//! its own module. In the route phase, a Video Indexer route answers the classic auth
+//! calls of legacy tools itself (`vi_auth`) instead of forwarding them. Errors of any
+//! phase become a response in `error::respond`, and only there.
 
 pub mod access_log;
 pub mod body;
@@ -21,6 +23,7 @@ pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod send;
+pub mod vi_auth;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -148,6 +151,12 @@ async fn forward(
     log.route = Some(route.name.clone());
     route.check_method(request.method())?;
     inbound::admit_to_route(&request, &admitted, route)?;
+    // A Video Indexer route answers the classic auth calls itself: a legacy tool that
+    // fetches its own token gets one from the route's credential (vi_auth.rs).
+    if let Some(call) = vi_auth::auth_call(route, request.uri()) {
+        let response = vi_auth::answer(route, request.method(), call).await?;
+        return Ok((response, route.config.timeout));
+    }
     // Kept to build links back to azgate, if the response has any (cheap clones).
     let origin = OriginHint {
         host: request.headers().get(http::header::HOST).cloned(),

@@ -325,6 +325,11 @@ async fn run(
         .chain([settings.refused_heads.clone()])
         .collect();
     let failure_reports = tokio::spawn(failures::report_until(failure_logs, stopped.clone()));
+    // Credential retries and refreshes while no request comes; stops when the drain starts.
+    let refresher = tokio::spawn(crate::credentials::refresher::run(
+        admin.gateway.clone(),
+        stopped.clone(),
+    ));
     let admin_task =
         admin_listener.map(|l| tokio::spawn(admin::serve(l, admin.clone(), stopped.clone())));
 
@@ -365,6 +370,7 @@ async fn run(
         let _ = watcher.await;
     }
     let _ = failure_reports.await;
+    let _ = refresher.await;
     if let Some(task) = admin_task {
         let _ = task.await;
     }

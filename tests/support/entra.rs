@@ -98,6 +98,23 @@ impl MockEntra {
         });
     }
 
+    /// From now on the endpoint is down: every call gets the 503 a load balancer in
+    /// front of a dead token service answers.
+    pub fn go_down(&self) {
+        self.respond_with(|_, _| {
+            Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .header("content-type", "text/plain")
+                .body(full("no healthy upstream"))
+                .unwrap()
+        });
+    }
+
+    /// Back to the default answer: `v2_token("token-N", 3599)`.
+    pub fn come_back(&self) {
+        self.respond_with(|_, n| v2_token(&format!("token-{n}"), 3599));
+    }
+
     pub fn respond_with(
         &self,
         f: impl Fn(&TokenCall, usize) -> Response<Body> + Send + Sync + 'static,

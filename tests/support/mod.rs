@@ -21,6 +21,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod azure_cli;
 pub mod binary;
 pub mod browser;
 pub mod entra;
