@@ -157,3 +157,32 @@ fn serve_logs_each_listener_and_exits_0_on_sigterm() {
     };
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn check_prints_warnings_and_still_exits_0() {
+    let (_dir, path) = write_config(
+        "[server]\nlisten = \"0.0.0.0:8080\"\nallow_unauthenticated = true\n[server.inbound]\ntrusted_proxies = [\"::/0\"]\n",
+    );
+    let out = azgate().args(["check", "-c"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let file = path.display().to_string();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[1].starts_with(&format!(
+            "warning: {file}: server.allow_unauthenticated: 0.0.0.0:8080 has no inbound access control"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lines[0].starts_with(&format!(
+            "warning: {file}: server.inbound.trusted_proxies[0]: \"::/0\" trusts every IPv6 peer"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(valid)"),
+        "the route table is still printed"
+    );
+}

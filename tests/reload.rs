@@ -14,6 +14,8 @@ use support::{MockUpstream, body_text, client};
 struct Serve {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// The log lines up to the listener lines.
+    startup: Vec<String>,
     proxy: String,
     admin: String,
 }
@@ -60,10 +62,12 @@ fn serve(path: &std::path::Path) -> Serve {
         }
     });
     let (mut proxy, mut admin) = (None, None);
+    let mut startup = Vec::new();
     while proxy.is_none() || admin.is_none() {
         let line = lines
             .recv_timeout(Duration::from_secs(10))
             .expect("listener lines");
+        startup.push(line.clone());
         let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         let addr = event["addr"].as_str().map(|a| format!("http://{a}"));
         let message = event["message"].as_str().unwrap_or_default();
@@ -76,6 +80,7 @@ fn serve(path: &std::path::Path) -> Serve {
     Serve {
         child,
         lines,
+        startup,
         proxy: proxy.unwrap(),
         admin: admin.unwrap(),
     }
@@ -188,4 +193,70 @@ async fn the_config_file_is_watched_and_sighup_reloads() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The config warnings among JSON log lines, as (key, message).
+fn config_warnings(lines: &[String]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["level"] == "WARN"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("config warning"))
+        })
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap_or_default().to_string(),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_warnings_are_logged_at_start_and_on_reload() {
+    let upstream = MockUpstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let base = config(&upstream.url, &["/a"]);
+    std::fs::write(
+        &path,
+        format!("{base}[server.inbound]\ntrusted_proxies = [\"0.0.0.0/0\"]\n"),
+    )
+    .unwrap();
+    let serve = serve(&path);
+    let at_start = config_warnings(&serve.startup);
+    assert_eq!(at_start.len(), 1, "{:#?}", serve.startup);
+    assert_eq!(at_start[0].0, "server.inbound.trusted_proxies[0]");
+    assert!(
+        at_start[0].1.contains("trusts every IPv4 peer"),
+        "{at_start:?}"
+    );
+
+    // A reload with another doubtful setting logs that one. (SIGHUP: the file watcher may
+    // not be set up yet this early.)
+    std::fs::write(
+        &path,
+        format!("{base}[admin.inbound]\nallow = [\"::/0\"]\n"),
+    )
+    .unwrap();
+    sighup(&serve.child.id().to_string());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("config reloaded")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match serve.lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no reload within 10 s: {seen:#?}"),
+        }
+    }
+    let on_reload = config_warnings(&seen);
+    assert_eq!(on_reload.len(), 1, "{seen:#?}");
+    assert_eq!(on_reload[0].0, "admin.inbound.allow[0]");
+    assert!(
+        on_reload[0].1.contains("admits every IPv6 address"),
+        "{on_reload:?}"
+    );
 }

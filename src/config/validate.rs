@@ -14,6 +14,9 @@ use super::{
 
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
+/// The tables a config file may have.
+const TOP_LEVEL: &[&str] = &["server", "admin", "log", "retry", "credentials", "routes"];
+
 /// Validates the whole (already interpolated) document. Returns `None` only when nothing
 /// usable could be built; callers also check `problems`.
 pub fn validate(
@@ -49,10 +52,7 @@ pub fn validate(
                 toml::Value::Array(items) => route_values = items,
                 _ => problems.push("routes", "must be an array of [[routes]] tables"),
             },
-            _ => problems.push(
-                key,
-                "unknown key; expected server, admin, log, retry, credentials or routes",
-            ),
+            _ => problems.unknown_key("", &key, TOP_LEVEL),
         }
     }
 
@@ -84,6 +84,7 @@ pub fn validate(
         credentials: credentials.into_iter().collect::<BTreeMap<_, _>>(),
         routes,
         retry,
+        warnings: Vec::new(),
     })
 }
 
@@ -97,6 +98,7 @@ fn validate_admin(raw: RawAdmin, base_dir: &Path, problems: &mut Problems) -> Ad
         .tls
         .and_then(|t| raw::section::<server::RawTls>(toml::Value::Table(t), "admin.tls", problems))
         .and_then(|t| server::tls(t, "admin.tls", base_dir, problems));
+    let before = problems.len();
     let inbound = raw
         .inbound
         .and_then(|t| {
@@ -104,11 +106,16 @@ fn validate_admin(raw: RawAdmin, base_dir: &Path, problems: &mut Problems) -> Ad
         })
         .map(|i| server::inbound(i, "admin.inbound", problems))
         .unwrap_or_default();
+    let inbound_broken = problems.len() > before;
     // The admin endpoints never proxy, but the status page shows routes and recent
-    // request paths: the same rule as the proxy listener applies.
+    // request paths: the same rule as the proxy listener applies. An allow-list of every
+    // address still counts here (with its warning): the admin listener has no
+    // `allow_unauthenticated`, and probes from changing node addresses may need it.
     if let Some(addr) = listen
         && !addr.ip().is_loopback()
+        && !inbound_broken
         && !server::controlled(&inbound, tls.as_ref())
+        && inbound.allow.is_empty()
     {
         problems.push(
             "admin.listen",

@@ -130,6 +130,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
 /// Binds the listeners and starts serving in the background.
 /// Credential sources read their variables from `env`.
 pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError> {
+    config.log_warnings();
     // Before binding, so a bad certificate never leaves a port open that cannot serve.
     let tls = match &config.server.tls {
         Some(files) => Some(Arc::new(TlsTerminator::load(files)?)),

@@ -24,6 +24,7 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 pub fn reload(source: &ConfigSource, running: &RunningServer) -> Result<(), String> {
     match source.load() {
         Ok(config) => {
+            config.log_warnings();
             let warnings = running.apply(config);
             for warning in &warnings {
                 tracing::warn!("config reloaded, but {warning}");
