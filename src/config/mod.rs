@@ -394,6 +394,9 @@ pub struct RouteConfig {
     /// `rewrite_body_limit` bytes; larger bodies stream unchanged.
     pub rewrite_body_links: bool,
     pub rewrite_body_limit: u64,
+    /// Send `X-Forwarded-For`/`-Proto`/`-Host` upstream (default true); false sends no
+    /// forwarding headers at all. Clients' own are believed only from `trusted_proxies`.
+    pub forwarded_headers: bool,
 }
 
 /// When and how a route retries.

@@ -104,6 +104,7 @@ pub struct RawRoute {
     pub set_query: Option<BTreeMap<String, String>>,
     pub rewrite_body_links: Option<bool>,
     pub rewrite_body_limit: Option<String>,
+    pub forwarded_headers: Option<bool>,
 }
 
 /// Deserialises one section, recording unknown keys (with the valid keys of their table,

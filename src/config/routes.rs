@@ -270,6 +270,7 @@ fn validate_one(
         set_query,
         rewrite_body_links: raw.rewrite_body_links.unwrap_or(false),
         rewrite_body_limit,
+        forwarded_headers: raw.forwarded_headers.unwrap_or(true),
     })
 }
 

@@ -12,6 +12,7 @@ pub mod access_log;
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod forwarded;
 pub mod headers;
 pub mod inbound;
 pub mod prepare;
@@ -157,7 +158,18 @@ async fn forward(
     // prepare upstream request: strip, inject credential, hold the body for replay
     let authorization = send::authorize(route).await?;
     let (parts, incoming) = request.into_parts();
-    let template = UpstreamRequest::new(parts, route, request_id);
+    let hop = forwarded::ClientHop {
+        peer: conn.peer.ip(),
+        peer_trusted: admitted.peer_trusted,
+        tls: conn.tls,
+        host: origin.host.clone().or_else(|| {
+            origin
+                .authority
+                .as_ref()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        }),
+    };
+    let template = UpstreamRequest::new(parts, route, request_id, &hop);
     let incoming = InboundBody::new(
         incoming,
         log.bytes_in.clone(),

@@ -174,6 +174,7 @@ pub(crate) mod tests {
             set_query: Vec::new(),
             rewrite_body_links: false,
             rewrite_body_limit: 8 << 20,
+            forwarded_headers: true,
         };
         Route::new(config, None, UpstreamClient::new(None))
     }
