@@ -446,14 +446,26 @@ async fn forwarding_headers_are_azgates_own_unless_a_trusted_proxy_sent_them() {
 
     // Nobody trusted: what the client claims is dropped, azgate says what it saw.
     let gw = Azgate::start(&routes).await;
-    let echo = json(spoof(c.get(format!("{}/on/x", gw.url))).send().await.unwrap()).await;
+    let echo = json(
+        spoof(c.get(format!("{}/on/x", gw.url)))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(seen(&echo, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(seen(&echo, "x-forwarded-proto"), ["http"]);
     assert_eq!(seen(&echo, "x-forwarded-host"), [gw.addr.to_string()]);
     assert!(seen(&echo, "forwarded").is_empty(), "{echo}");
     assert!(seen(&echo, "x-real-ip").is_empty(), "{echo}");
     // Switched off per route: no forwarding header at all.
-    let echo = json(spoof(c.get(format!("{}/off/x", gw.url))).send().await.unwrap()).await;
+    let echo = json(
+        spoof(c.get(format!("{}/off/x", gw.url)))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     for name in [
         "x-forwarded-for",
         "x-forwarded-proto",
@@ -470,7 +482,13 @@ async fn forwarding_headers_are_azgates_own_unless_a_trusted_proxy_sent_them() {
         "[server.inbound]\ntrusted_proxies = [\"127.0.0.1\"]\n{routes}"
     ))
     .await;
-    let echo = json(spoof(c.get(format!("{}/on/x", gw.url))).send().await.unwrap()).await;
+    let echo = json(
+        spoof(c.get(format!("{}/on/x", gw.url)))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(seen(&echo, "x-forwarded-for"), ["203.0.113.7, 127.0.0.1"]);
     assert_eq!(seen(&echo, "x-forwarded-proto"), ["https"]);
     assert_eq!(seen(&echo, "x-forwarded-host"), ["api.contoso.com"]);

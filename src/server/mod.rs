@@ -87,6 +87,7 @@ impl RunningServer {
         let current = self.gateway.load_full();
         let warnings = restart_needed(&current.config, &config);
         let next = Gateway::rebuild(config, &self.env, Some(&current));
+        self.telemetry.seed(&next);
         self.gateway.store(Arc::new(next));
         self.telemetry.record_reload(true);
         warnings
@@ -177,6 +178,7 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
     let admin_access = AccessPolicy::new(&config.admin.inbound);
     let gateway = Arc::new(ArcSwap::from_pointee(Gateway::build(config, &env)));
     telemetry.attach(gateway.clone());
+    telemetry.seed(&gateway.load());
     let health = Arc::new(Health::default());
     let admin_state = Arc::new(AdminState {
         health: health.clone(),
