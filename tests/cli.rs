@@ -186,3 +186,45 @@ fn check_prints_warnings_and_still_exits_0() {
         "the route table is still printed"
     );
 }
+
+#[test]
+fn the_built_in_default_names_its_credential_default() {
+    // README: after the built-in default, `azgate token default` (not `arm`).
+    let dir = tempfile::tempdir().unwrap();
+    let out = azgate()
+        .args(["token", "arm"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no credential named \"arm\" in <embedded default>; known: default"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_examples_devcenter_endpoint_takes_a_host_or_a_whole_url() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml.example");
+    for value in ["x.devcenter.azure.com", "https://x.devcenter.azure.com"] {
+        let out = azgate()
+            .args(["check", "-c", example])
+            .env("DEVCENTER_ENDPOINT", value)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with("/devcenter")
+                    && l.contains(" https://x.devcenter.azure.com ")),
+            "{value}:\n{stdout}"
+        );
+    }
+}

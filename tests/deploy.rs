@@ -560,7 +560,8 @@ async fn image_config_refuses_to_start_without_an_api_key() {
     let out = run(image.local(&image.command).env("AZGATE_API_KEY", "short")).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("too short"),
+        text(&out.stderr).contains("too short")
+            && text(&out.stderr).contains("environment variable AZGATE_API_KEY"),
         "{}",
         text(&out.stderr)
     );
