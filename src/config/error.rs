@@ -52,9 +52,10 @@ pub struct Problems {
     /// Values that came from `${VAR}`, by key path: a note naming the variable, added to
     /// any problem about that value (the value itself is never shown).
     origins: HashMap<String, String>,
-    /// Key paths a misspelt key stood in for (`server.inbound.allow` for `alow`): a
-    /// "missing key" there has the same root cause and is not reported again.
-    misspelt: HashSet<String>,
+    /// Key paths whose absence another problem already explains: a misspelt key stood in
+    /// for them (`server.inbound.allow` for `alow`), or an unknown preset would have filled
+    /// them. A "missing key" there has the same root cause and is not reported again.
+    explained: HashSet<String>,
 }
 
 impl Problems {
@@ -72,14 +73,14 @@ impl Problems {
     /// Records a required key that is absent — unless a misspelling of it was reported.
     pub fn missing(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();
-        if !self.misspelt.contains(&path) {
+        if !self.explained.contains(&path) {
             self.push(path, message);
         }
     }
 
     /// Notes that a problem already reported explains a missing key at `path`.
     pub fn missing_is_explained(&mut self, path: String) {
-        self.misspelt.insert(path);
+        self.explained.insert(path);
     }
 
     /// Records an unknown key under `parent`, with the closest of `valid` as a "did you
@@ -87,7 +88,7 @@ impl Problems {
     pub fn unknown_key(&mut self, parent: &str, key: &str, valid: &[&str]) {
         let message = match did_you_mean(key, valid.iter().copied()) {
             Some(near) => {
-                self.misspelt.insert(join(parent, near));
+                self.explained.insert(join(parent, near));
                 format!("unknown key; did you mean \"{near}\"?")
             }
             None if valid.is_empty() => "unknown key".to_string(),
