@@ -88,6 +88,9 @@ fn check(source: ConfigSource, probe: bool) -> ExitCode {
         Err(code) => return code,
     };
     print!("{}", describe(&config));
+    for warning in &config.warnings {
+        eprintln!("warning: {}: {warning}", config.file);
+    }
     if !probe {
         return ExitCode::SUCCESS;
     }

@@ -66,12 +66,54 @@ pub fn init_quiet() {
         .try_init();
 }
 
+/// Lets one log line through per `interval` and counts the ones held back meanwhile, so a
+/// condition that can repeat on every request is reported without flooding the log.
+/// Uses tokio's clock (tests drive it with the paused clock).
+#[derive(Debug)]
+pub struct LogLimiter {
+    interval: std::time::Duration,
+    state: std::sync::Mutex<LimiterState>,
+}
+
+#[derive(Debug, Default)]
+struct LimiterState {
+    last: Option<tokio::time::Instant>,
+    held_back: u64,
+}
+
+impl LogLimiter {
+    pub fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            state: std::sync::Mutex::default(),
+        }
+    }
+
+    /// `Some(n)` when a line may be logged now, `n` being the lines held back since the
+    /// last one; `None` when this one is to be held back.
+    pub fn allow(&self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.last {
+            Some(last) if now.duration_since(last) < self.interval => {
+                state.held_back += 1;
+                None
+            }
+            _ => {
+                state.last = Some(now);
+                Some(std::mem::take(&mut state.held_back))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tracing::Level;
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
+    use std::time::Duration;
 
     /// Whether a WARN event of rustls's, and an INFO event of azgate's, pass the filter.
     fn passes(level: &str, rust_log: Option<&str>) -> (bool, bool) {
@@ -93,5 +135,19 @@ mod tests {
         assert_eq!(passes("info", Some("info,rustls=warn")), (true, true));
         assert_eq!(passes("info,rustls=warn", None), (true, true));
         assert_eq!(passes("info", Some("warn")), (false, false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_line_per_interval_with_the_count_held_back() {
+        let limiter = LogLimiter::new(Duration::from_secs(60));
+        assert_eq!(limiter.allow(), Some(0));
+        assert_eq!(limiter.allow(), None);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(limiter.allow(), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(limiter.allow(), Some(2));
+        assert_eq!(limiter.allow(), None);
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(limiter.allow(), Some(1));
     }
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -114,6 +115,8 @@ pub struct Telemetry {
     retries: Family<RetryLabels, Counter>,
     reloads: Family<OutcomeLabel, Counter>,
     failovers: Family<CredentialLabel, Counter>,
+    /// Same labels as retries: route and reason.
+    rewrite_skipped: Family<RetryLabels, Counter>,
     connections: Gauge,
     handshake_failures: Family<HandshakeLabels, Counter>,
     certificate_expiry: Family<ListenerLabel, Gauge<f64, AtomicU64>>,
@@ -149,58 +152,64 @@ impl Telemetry {
         let failovers = Family::<CredentialLabel, Counter>::default();
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
         let certificate_expiry = Family::<ListenerLabel, Gauge<f64, AtomicU64>>::default();
+        let rewrite_skipped = Family::<RetryLabels, Counter>::default();
         let gateway = Arc::new(OnceLock::new());
 
         let mut registry = Registry::with_prefix("azgate");
         registry.register(
             "requests",
             "Requests answered, by route prefix, method and status",
-            requests.clone(),
+            Listed(requests.clone()),
         );
         registry.register(
             "request_duration_seconds",
             "Time from request to the end of the response body",
-            request_duration.clone(),
+            Listed(request_duration.clone()),
         );
         registry.register(
             "upstream_duration_seconds",
             "Time from the first upstream attempt to the final response headers",
-            upstream_duration.clone(),
+            Listed(upstream_duration.clone()),
         );
         registry.register(
             "inflight_requests",
             "Requests being served",
-            inflight.clone(),
+            Listed(inflight.clone()),
         );
         registry.register(
             "retries",
             "Upstream retries, by route and reason",
-            retries.clone(),
+            Listed(retries.clone()),
         );
         registry.register(
             "config_reloads",
             "Config reloads, by outcome",
-            reloads.clone(),
+            Listed(reloads.clone()),
         );
         registry.register(
             "connections_open",
             "Client connections open",
-            connections.clone(),
+            Listed(connections.clone()),
         );
         registry.register(
             "key_failovers",
             "Switches from a refused primary subscription key to the secondary",
-            failovers.clone(),
+            Listed(failovers.clone()),
+        );
+        registry.register(
+            "link_rewrite_skipped",
+            "Response bodies of routes with rewrite_body_links passed on without rewriting, by route and reason (too_large, compressed, not_json)",
+            Listed(rewrite_skipped.clone()),
         );
         registry.register(
             "tls_handshake_failures",
             "TLS handshakes that failed, by listener and reason",
-            handshake_failures.clone(),
+            Listed(handshake_failures.clone()),
         );
         registry.register(
             "tls_certificate_expiry_timestamp_seconds",
             "When the certificate chain each listener serves expires (Unix time)",
-            certificate_expiry.clone(),
+            Listed(certificate_expiry.clone()),
         );
         registry.register_collector(Box::new(TokenCollector(gateway.clone())));
         Arc::new(Self {
@@ -212,6 +221,7 @@ impl Telemetry {
             retries,
             reloads,
             failovers,
+            rewrite_skipped,
             connections,
             handshake_failures,
             certificate_expiry,
@@ -302,6 +312,15 @@ impl Telemetry {
             .inc();
     }
 
+    pub fn record_link_rewrite_skipped(&self, route: &Arc<str>, reason: &'static str) {
+        self.rewrite_skipped
+            .get_or_create(&RetryLabels {
+                route: route.clone(),
+                reason,
+            })
+            .inc();
+    }
+
     pub fn record_failover(&self, credential: &str) {
         self.failovers
             .get_or_create(&CredentialLabel {
@@ -345,6 +364,51 @@ impl Telemetry {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// Creates the label sets the config makes known, at 0, so a counter is there before
+    /// its first event (`rate()` and alerts need the zero): retries per route and reason,
+    /// link-rewrite skips per rewriting route and reason, key failovers per credential with
+    /// a secondary key, reloads per outcome. Token fetches come from the credentials
+    /// themselves. Called at start and after each reload; label sets of routes that were
+    /// removed stay, as counters do not go away.
+    pub fn seed(&self, gateway: &Gateway) {
+        for route in gateway.router.routes() {
+            let retry = &route.config.retry;
+            if retry.max_attempts > 1 {
+                let statuses = retry.on.iter().map(|s| crate::proxy::retry::reason_for(*s));
+                for reason in statuses.chain([crate::proxy::retry::CONNECTION_REASON]) {
+                    self.retries.get_or_create_owned(&RetryLabels {
+                        route: route.name.clone(),
+                        reason,
+                    });
+                }
+            }
+            if route.config.rewrite_body_links {
+                for skipped in crate::proxy::rewrite::Skipped::ALL {
+                    self.rewrite_skipped.get_or_create_owned(&RetryLabels {
+                        route: route.name.clone(),
+                        reason: skipped.label(),
+                    });
+                }
+            }
+        }
+        for (name, credential) in &gateway.config.credentials {
+            if let crate::config::CredentialConfig::SubscriptionKey {
+                secondary_key: Some(_),
+                ..
+            } = credential
+            {
+                self.failovers.get_or_create_owned(&CredentialLabel {
+                    credential: name.clone(),
+                });
+            }
+        }
+        for outcome in ["success", "failure"] {
+            self.reloads.get_or_create_owned(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            });
+        }
     }
 
     /// The most recent requests, newest first.
@@ -424,6 +488,22 @@ pub struct ConnectionGuard(Arc<Telemetry>);
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.connections.dec();
+    }
+}
+
+/// A registered metric whose HELP and TYPE lines are shown before its first sample (the
+/// registry leaves empty families out), so scrapers and dashboards see every family azgate
+/// has from the start.
+#[derive(Debug)]
+struct Listed<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Listed<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
     }
 }
 

@@ -260,6 +260,88 @@ async fn json_rewriting_respects_its_size_limit_and_other_hosts() {
     assert_eq!(body["other"], "https://www.videoindexer.ai/embed/player");
 }
 
+/// The value of one sample line of `/metrics`, 0 when absent.
+async fn metric(admin: &str, sample: &str) -> f64 {
+    let text = body_text(client().get(format!("{admin}/metrics"))).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_left_unrewritten_are_counted_and_warned_about_once_a_minute() {
+    let (upstream, _) = self_aware(|request, me| {
+        let body =
+            serde_json::json!({"nextLink": format!("{me}/page2"), "filler": "x".repeat(2048)});
+        let builder = Response::builder();
+        let builder = match request.uri().path() {
+            "/big" => builder.header("content-type", "application/json"),
+            "/gz" => builder
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip"),
+            _ => builder.header("content-type", "text/plain"),
+        };
+        builder.body(full(body.to_string())).unwrap()
+    })
+    .await;
+    let logs = support::logs::LogCapture::default();
+    let _guard = logs.install_json(tracing::Level::WARN);
+    let gw = Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/up\"\nupstream = \"{}\"\nrewrite_body_links = true\nrewrite_body_limit = \"1KiB\"\n",
+        upstream.url
+    ))
+    .await;
+    let admin = gw.admin_url.clone().unwrap();
+    let skipped = |reason: &str| {
+        format!("azgate_link_rewrite_skipped_total{{route=\"/up\",reason=\"{reason}\"}}")
+    };
+    // Known from the config: present with 0 before anything happened.
+    for reason in ["too_large", "compressed", "not_json"] {
+        let text = body_text(client().get(format!("{admin}/metrics"))).await;
+        assert!(text.contains(&format!("{} 0", skipped(reason))), "{text}");
+    }
+    let c = client();
+    let warnings = || {
+        logs.events()
+            .into_iter()
+            .filter(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("links in a response body were not rewritten"))
+            })
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..3 {
+        let body = body_text(c.get(format!("{}/up/big", gw.url))).await;
+        assert!(
+            body.contains(&format!("{}/page2", upstream.url)),
+            "too large: unchanged"
+        );
+    }
+    assert_eq!(metric(&admin, &skipped("too_large")).await, 3.0);
+    let logged = warnings();
+    assert_eq!(logged.len(), 1, "once a minute: {logged:#?}");
+    assert_eq!(logged[0]["reason"], "too_large");
+    assert_eq!(logged[0]["route"], "/up");
+    assert_eq!(logged[0]["limit"], 1024);
+
+    // A minute on, the next one is logged, with the count held back.
+    tokio::time::advance(std::time::Duration::from_secs(61)).await;
+    // A new connection: the clock jump ended the idle one.
+    body_text(client().get(format!("{}/up/gz", gw.url))).await;
+    let logged = warnings();
+    assert_eq!(logged.len(), 2, "{logged:#?}");
+    assert_eq!(logged[1]["reason"], "compressed");
+    assert_eq!(logged[1]["held_back"], 2);
+    assert_eq!(metric(&admin, &skipped("compressed")).await, 1.0);
+
+    // Not JSON: counted, but nothing to warn about.
+    tokio::time::advance(std::time::Duration::from_secs(61)).await;
+    body_text(client().get(format!("{}/up/text", gw.url))).await;
+    assert_eq!(metric(&admin, &skipped("not_json")).await, 1.0);
+    assert_eq!(warnings().len(), 2);
+}
+
 #[tokio::test]
 async fn media_services_v2_requests_carry_their_headers_and_metadata_links_come_back() {
     let (ms, _) = self_aware(|request, me| {

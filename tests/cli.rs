@@ -381,3 +381,74 @@ fn token_and_probe_print_a_failure_once() {
     assert_eq!(all.matches(reason.as_str()).count(), 1, "{all}");
     assert!(!all.contains("not-printed-secret"));
 }
+
+#[test]
+fn check_prints_warnings_and_still_exits_0() {
+    let (_dir, path) = write_config(
+        "[server]\nlisten = \"0.0.0.0:8080\"\nallow_unauthenticated = true\n[server.inbound]\ntrusted_proxies = [\"::/0\"]\n",
+    );
+    let out = azgate().args(["check", "-c"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let file = path.display().to_string();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[1].starts_with(&format!(
+            "warning: {file}: server.allow_unauthenticated: 0.0.0.0:8080 has no inbound access control"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lines[0].starts_with(&format!(
+            "warning: {file}: server.inbound.trusted_proxies[0]: \"::/0\" trusts every IPv6 peer"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(valid)"),
+        "the route table is still printed"
+    );
+}
+
+#[test]
+fn the_built_in_default_names_its_credential_default() {
+    // README: after the built-in default, `azgate token default` (not `arm`).
+    let dir = tempfile::tempdir().unwrap();
+    let out = azgate()
+        .args(["token", "arm"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no credential named \"arm\" in <embedded default>; known: default"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_examples_devcenter_endpoint_takes_a_host_or_a_whole_url() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml.example");
+    for value in ["x.devcenter.azure.com", "https://x.devcenter.azure.com"] {
+        let out = azgate()
+            .args(["check", "-c", example])
+            .env("DEVCENTER_ENDPOINT", value)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with("/devcenter")
+                    && l.contains(" https://x.devcenter.azure.com ")),
+            "{value}:\n{stdout}"
+        );
+    }
+}

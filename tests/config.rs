@@ -106,7 +106,7 @@ fn every_problem_is_reported_with_file_and_key_path() {
         "bad.toml: credentials.s.header: \"bad header\" is not a valid header name",
         "bad.toml: credentials.s.value: missing key",
         "bad.toml: credentials.t.type: unknown type \"magic\"",
-        "bad.toml: credentials.u: missing key `type`",
+        "bad.toml: credentials.u.typo: unknown key; did you mean \"type\"?",
         "bad.toml: credentials.v.value: contains characters not allowed in a header value",
         "bad.toml: routes[0].prefix: prefix \"vi\" must start with '/'",
         "bad.toml: routes[0].upstream: upstream \"ftp://x\" must be an http:// or https:// URL",
@@ -317,4 +317,255 @@ fn retry_values_are_checked() {
         );
     }
     assert_eq!(got.len(), 6, "{}", got.join("\n"));
+}
+
+/// The problem lines for `text` with variables from `env`.
+fn problems_with(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+    match parse_with(text, &env.iter().copied().collect()) {
+        Ok(_) => panic!("expected the config to be refused"),
+        Err(err) => err.to_string().lines().map(str::to_string).collect(),
+    }
+}
+
+#[test]
+fn one_mistake_is_one_problem_naming_the_users_own_key() {
+    // Each case is one mistake, and must give exactly the one line shown.
+    /// Config text, variables, the one problem line expected.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        // A typo inside a credential: not also "missing key", and not also "unknown
+        // credential" where it is used (by a route and by a Video Indexer `arm`).
+        (
+            r#"
+            [credentials.arm]
+            type = "client_secret"
+            tenant = "t"
+            client_id = "c"
+            client_secrt = "s"
+            scope = "https://management.azure.com/.default"
+            [credentials.vi]
+            type = "video_indexer"
+            location = "trial"
+            account_id = "a"
+            arm = "arm"
+            subscription_id = "s"
+            resource_group = "r"
+            account_name = "n"
+            [[routes]]
+            prefix = "/arm"
+            upstream = "https://management.azure.com"
+            credential = "arm"
+            "#,
+            &[],
+            "bad.toml: credentials.arm.client_secrt: unknown key; did you mean \"client_secret\"?",
+        ),
+        // An empty variable names the variable, and the credential is not "unknown".
+        (
+            r#"
+            [credentials.arm]
+            type = "client_secret"
+            tenant = "t"
+            client_id = "c"
+            client_secret = "${AZURE_CLIENT_SECRET}"
+            scope = "https://management.azure.com/.default"
+            [credentials.vi]
+            type = "video_indexer"
+            location = "trial"
+            account_id = "a"
+            arm = "arm"
+            subscription_id = "s"
+            resource_group = "r"
+            account_name = "n"
+            "#,
+            &[("AZURE_CLIENT_SECRET", "")],
+            "bad.toml: credentials.arm.client_secret: is empty: environment variable AZURE_CLIENT_SECRET is set but empty",
+        ),
+        // A misspelt preset: no "upstream: missing key" the user never wrote.
+        (
+            "[[routes]]\nprefix = \"/vi\"\npreset = \"video_indexr\"\n",
+            &[],
+            "bad.toml: routes[0].preset: unknown preset \"video_indexr\"; did you mean \"video_indexer\"?",
+        ),
+        // The upstream a preset builds from `endpoint` is reported at `endpoint`, with the
+        // variable it came from.
+        (
+            "[[routes]]\nprefix = \"/dc\"\npreset = \"devcenter\"\nendpoint = \"https://${DC}\"\n",
+            &[("DC", "https://x.devcenter.azure.com")],
+            "bad.toml: routes[0].endpoint: \"https://https://x.devcenter.azure.com\" has its scheme twice; \
+             write it once, as in \"https://host\" (the value comes from environment variable DC)",
+        ),
+        (
+            "[[routes]]\nprefix = \"/a\"\nupstream = \"https://https://management.azure.com\"\n",
+            &[],
+            "bad.toml: routes[0].upstream: \"https://https://management.azure.com\" has its scheme twice; \
+             write it once, as in \"https://host\"",
+        ),
+        // Unknown nested keys: a suggestion when one is close, else the valid keys.
+        (
+            "[server.inbound]\nalow = [\"10.0.0.0/8\"]\n",
+            &[],
+            "bad.toml: server.inbound.alow: unknown key; did you mean \"allow\"?",
+        ),
+        (
+            "[[routes]]\nprefix = \"/a\"\nupstream = \"http://a\"\n[routes.retry]\nzz_top = 2\n",
+            &[],
+            "bad.toml: routes[0].retry.zz_top: unknown key; valid keys here: on, max_attempts, \
+             max_delay, buffer, non_idempotent",
+        ),
+        (
+            "[[routes]]\nprefix = \"/a\"\nupstream = \"http://a\"\n[routes.retry]\nmax_attemps = 2\n",
+            &[],
+            "bad.toml: routes[0].retry.max_attemps: unknown key; did you mean \"max_attempts\"?",
+        ),
+        (
+            "[credentials.k]\ntype = \"subscription_key\"\nkey = \"k\"\nheadr = \"x\"\n",
+            &[],
+            "bad.toml: credentials.k.headr: unknown key; did you mean \"header\"?",
+        ),
+        (
+            "[credentials.k]\ntype = \"static\"\nheader = \"x\"\nvalue = \"v\"\nzzz = 1\n",
+            &[],
+            "bad.toml: credentials.k.zzz: unknown key; valid keys here: type, header, value",
+        ),
+        (
+            "[credentials.m]\ntype = \"managed_identty\"\n",
+            &[],
+            "bad.toml: credentials.m.type: unknown type \"managed_identty\"; did you mean \"managed_identity\"?",
+        ),
+        (
+            "[credentials.arm]\ntype = \"default\"\nscope = \"s\"\n[[routes]]\nprefix = \"/a\"\nupstream = \"http://a\"\ncredential = \"amr\"\n",
+            &[],
+            "bad.toml: routes[0].credential: unknown credential \"amr\"; known: arm; did you mean \"arm\"?",
+        ),
+        (
+            "[typo_table]\n[sever]\nlisten = \"127.0.0.1:1\"\n",
+            &[],
+            "bad.toml: sever: unknown key; did you mean \"server\"?",
+        ),
+    ];
+    for (text, env, want) in cases {
+        let got = problems_with(text, env);
+        let got: Vec<&str> = got
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.contains("typo_table"))
+            .collect();
+        assert_eq!(got, [*want], "for:\n{text}");
+    }
+}
+
+#[test]
+fn an_empty_inbound_key_names_its_variable() {
+    let text = "[server]\nlisten = \"0.0.0.0:8080\"\n[server.inbound]\napi_keys = [\"${AZGATE_API_KEY}\"]\n";
+    // One problem, naming the variable; no second one about the listener being open.
+    assert_eq!(
+        problems_with(text, &[("AZGATE_API_KEY", "")]),
+        [
+            "bad.toml: server.inbound.api_keys[0]: is empty: environment variable AZGATE_API_KEY is set but empty"
+        ]
+    );
+    assert_eq!(
+        problems_with(text, &[("AZGATE_API_KEY", "short")]),
+        [
+            "bad.toml: server.inbound.api_keys[0]: too short: use at least 16 random characters \
+          (value not shown) (the value comes from environment variable AZGATE_API_KEY)"
+        ]
+    );
+    assert_eq!(
+        problems_with(text, &[]),
+        [
+            "bad.toml: server.inbound.api_keys[0]: environment variable AZGATE_API_KEY is not set \
+          (write ${AZGATE_API_KEY:-default} to allow a default)"
+        ]
+    );
+}
+
+#[test]
+fn endpoint_takes_the_host_with_or_without_its_scheme() {
+    for endpoint in ["x.devcenter.azure.com", "https://x.devcenter.azure.com"] {
+        let config = parse_with(
+            "[[routes]]\nprefix = \"/dc\"\npreset = \"devcenter\"\nendpoint = \"${DC}\"\n",
+            &HashMap::from([("DC", endpoint)]),
+        )
+        .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+        assert_eq!(
+            config.routes[0].upstream.to_string(),
+            "https://x.devcenter.azure.com/",
+            "{endpoint}"
+        );
+    }
+}
+
+/// The warnings of a valid config, as `path: message` lines.
+fn warnings(text: &str) -> Vec<String> {
+    let config = parse_with(text, &HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
+    config.warnings.iter().map(|w| w.to_string()).collect()
+}
+
+#[test]
+fn access_control_that_controls_nothing_is_a_warning() {
+    let got = warnings(
+        r#"
+        [server]
+        listen = "0.0.0.0:8080"
+        [server.inbound]
+        api_keys = ["0123456789abcdef0123"]
+        allow = ["10.0.0.0/8", "0.0.0.0/0", "::/0"]
+        trusted_proxies = ["::/0"]
+        [admin]
+        listen = "0.0.0.0:9090"
+        [admin.inbound]
+        allow = ["0.0.0.0/0"]
+        trusted_proxies = ["0.0.0.0/0"]
+        "#,
+    );
+    let want = [
+        "server.inbound.allow[1]: \"0.0.0.0/0\" admits every IPv4 address: this allow-list restricts nothing",
+        "server.inbound.allow[2]: \"::/0\" admits every IPv6 address: this allow-list restricts nothing",
+        "server.inbound.trusted_proxies[0]: \"::/0\" trusts every IPv6 peer as a proxy",
+        "admin.inbound.allow[0]: \"0.0.0.0/0\" admits every IPv4 address",
+        "admin.inbound.trusted_proxies[0]: \"0.0.0.0/0\" trusts every IPv4 peer as a proxy: any client can name its own address in X-Forwarded-For",
+    ];
+    for w in want {
+        assert!(
+            got.iter().any(|g| g.starts_with(w)),
+            "missing {w:?} in {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+
+    // Running without inbound control on purpose is allowed, and said.
+    let got = warnings("[server]\nlisten = \"0.0.0.0:8080\"\nallow_unauthenticated = true\n");
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with(
+            "server.allow_unauthenticated: 0.0.0.0:8080 has no inbound access control"
+        ),
+        "{got:#?}"
+    );
+    // On loopback, or with a real control, the switch changes nothing: no warning.
+    assert!(warnings("[server]\nallow_unauthenticated = true\n").is_empty());
+    assert!(warnings("[server]\nlisten = \"0.0.0.0:8080\"\nallow_unauthenticated = true\n[server.inbound]\nallow = [\"10.0.0.0/8\"]\n").is_empty());
+    assert!(warnings("").is_empty());
+}
+
+#[test]
+fn an_allow_list_of_every_address_does_not_open_a_public_listener() {
+    for allow in [r#"["0.0.0.0/0"]"#, r#"["::/0", "10.0.0.0/8"]"#] {
+        let got = problems(&format!(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[server.inbound]\nallow = {allow}\n"
+        ));
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(
+            got[0].starts_with(
+                "bad.toml: server.listen: 0.0.0.0:8080 is reachable from other machines"
+            ) && got[0].contains("allow admits every address, so it controls nothing"),
+            "{got:#?}"
+        );
+    }
+    // With the explicit opt-out it starts, with both warnings.
+    let got = warnings(
+        "[server]\nlisten = \"0.0.0.0:8080\"\nallow_unauthenticated = true\n[server.inbound]\nallow = [\"0.0.0.0/0\"]\n",
+    );
+    assert_eq!(got.len(), 2, "{got:#?}");
 }

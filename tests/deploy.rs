@@ -560,10 +560,23 @@ async fn image_config_refuses_to_start_without_an_api_key() {
     let out = run(image.local(&image.command).env("AZGATE_API_KEY", "short")).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("too short"),
+        text(&out.stderr).contains("too short")
+            && text(&out.stderr).contains("environment variable AZGATE_API_KEY"),
         "{}",
         text(&out.stderr)
     );
+    // Set but empty (`-e AZGATE_API_KEY=` or an empty line in .env): named as well, and
+    // the one problem, not a second one about the open listener.
+    let out = run(image.local(&image.command).env("AZGATE_API_KEY", "")).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "server.inbound.api_keys[0]: is empty: environment variable AZGATE_API_KEY is set but empty"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the config has 1 problem(s)"), "{stderr}");
 }
 
 #[test]

@@ -425,3 +425,75 @@ async fn tls_upstream_without_the_ca_is_refused() {
         .to_string();
     assert!(message.to_lowercase().contains("certificate"), "{message}");
 }
+
+#[tokio::test]
+async fn forwarding_headers_are_azgates_own_unless_a_trusted_proxy_sent_them() {
+    let upstream = MockUpstream::echo().await;
+    let routes = format!(
+        "[[routes]]\nprefix = \"/on\"\nupstream = \"{u}\"\n\
+         [[routes]]\nprefix = \"/off\"\nupstream = \"{u}\"\nforwarded_headers = false\n",
+        u = upstream.url
+    );
+    let spoof = |request: reqwest::RequestBuilder| {
+        request
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "api.contoso.com")
+            .header("forwarded", "for=203.0.113.7")
+            .header("x-real-ip", "203.0.113.7")
+    };
+    let c = client();
+
+    // Nobody trusted: what the client claims is dropped, azgate says what it saw.
+    let gw = Azgate::start(&routes).await;
+    let echo = json(
+        spoof(c.get(format!("{}/on/x", gw.url)))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(seen(&echo, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen(&echo, "x-forwarded-proto"), ["http"]);
+    assert_eq!(seen(&echo, "x-forwarded-host"), [gw.addr.to_string()]);
+    assert!(seen(&echo, "forwarded").is_empty(), "{echo}");
+    assert!(seen(&echo, "x-real-ip").is_empty(), "{echo}");
+    // Switched off per route: no forwarding header at all.
+    let echo = json(
+        spoof(c.get(format!("{}/off/x", gw.url)))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+    ] {
+        assert!(seen(&echo, name).is_empty(), "{name}: {echo}");
+    }
+    gw.stop().await;
+
+    // The client's peer (127.0.0.1) is a trusted proxy: its chain is kept and extended.
+    let gw = Azgate::start(&format!(
+        "[server.inbound]\ntrusted_proxies = [\"127.0.0.1\"]\n{routes}"
+    ))
+    .await;
+    let echo = json(
+        spoof(c.get(format!("{}/on/x", gw.url)))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(seen(&echo, "x-forwarded-for"), ["203.0.113.7, 127.0.0.1"]);
+    assert_eq!(seen(&echo, "x-forwarded-proto"), ["https"]);
+    assert_eq!(seen(&echo, "x-forwarded-host"), ["api.contoso.com"]);
+    assert_eq!(seen(&echo, "x-real-ip"), ["203.0.113.7"]);
+    let echo = json(c.get(format!("{}/on/x", gw.url)).send().await.unwrap()).await;
+    assert_eq!(seen(&echo, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen(&echo, "x-forwarded-proto"), ["http"]);
+}

@@ -27,6 +27,119 @@ fn client_secret(name: &str, entra: &MockEntra, client_id: &str) -> String {
     )
 }
 
+/// The `Accept` header Prometheus scrapes with.
+const PROMETHEUS_ACCEPT: &str =
+    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+#[tokio::test]
+async fn metrics_are_negotiated_and_every_family_is_there_from_the_start() {
+    let upstream = MockUpstream::echo().await;
+    let gw = Azgate::start(&format!(
+        "[credentials.apim]\ntype = \"subscription_key\"\nkey = \"primary-key-1\"\nsecondary_key = \"secondary-key-2\"\n\
+         [[routes]]\nprefix = \"/r\"\nupstream = \"{u}\"\ncredential = \"apim\"\nrewrite_body_links = true\n\
+         [routes.retry]\non = [429, 503]\n",
+        u = upstream.url
+    ))
+    .await;
+    let admin = gw.admin_url.clone().unwrap();
+    let c = client();
+    let scrape = |accept: Option<&'static str>| {
+        let mut request = c.get(format!("{admin}/metrics"));
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let content_type = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(response.headers()["vary"], "accept");
+            (content_type, response.text().await.unwrap())
+        }
+    };
+
+    // Classic scrapers (text/plain), curl (*/*) and clients that send no Accept: 0.0.4.
+    for accept in [Some("text/plain"), Some("*/*"), None] {
+        let (content_type, text) = scrape(accept).await;
+        assert_eq!(
+            content_type, "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        // Families with no sample yet still have their HELP and TYPE.
+        for line in [
+            "# TYPE azgate_requests_total counter",
+            "# TYPE azgate_request_duration_seconds histogram",
+            "# TYPE azgate_inflight_requests gauge",
+            "# HELP azgate_retries_total ",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        // A classic parser types the counters as counters, and the label sets known from
+        // the config are there at 0 before their first event.
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let counter = |name: &str, labels: &[(&str, &str)]| {
+            let sample = scrape
+                .samples
+                .iter()
+                .find(|s| {
+                    s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))
+                })
+                .unwrap_or_else(|| panic!("no {name}{labels:?} in:\n{text}"));
+            match sample.value {
+                prometheus_parse::Value::Counter(v) => v,
+                ref other => panic!("{name} is typed {other:?}, not a counter"),
+            }
+        };
+        for reason in ["429", "status", "connection"] {
+            assert_eq!(
+                counter(
+                    "azgate_retries_total",
+                    &[("route", "/r"), ("reason", reason)]
+                ),
+                0.0
+            );
+        }
+        for reason in ["too_large", "compressed", "not_json"] {
+            assert_eq!(
+                counter(
+                    "azgate_link_rewrite_skipped_total",
+                    &[("route", "/r"), ("reason", reason)]
+                ),
+                0.0
+            );
+        }
+        assert_eq!(
+            counter("azgate_key_failovers_total", &[("credential", "apim")]),
+            0.0
+        );
+        for outcome in ["success", "failure"] {
+            assert_eq!(
+                counter("azgate_config_reloads_total", &[("outcome", outcome)]),
+                0.0
+            );
+        }
+    }
+
+    // Prometheus asks for OpenMetrics first, and gets it.
+    let (content_type, text) = scrape(Some(PROMETHEUS_ACCEPT)).await;
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(text.contains("# TYPE azgate_requests counter\n"), "{text}");
+    assert!(
+        text.contains("azgate_retries_total{route=\"/r\",reason=\"429\"} 0\n"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn admin_endpoints_answer_and_never_proxy() {
     let upstream = MockUpstream::echo().await;
@@ -41,7 +154,12 @@ async fn admin_endpoints_answer_and_never_proxy() {
     let ready = c.get(format!("{admin}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     assert_eq!(support::json(ready).await["status"], "ready");
-    let metrics = c.get(format!("{admin}/metrics")).send().await.unwrap();
+    let metrics = c
+        .get(format!("{admin}/metrics"))
+        .header("accept", PROMETHEUS_ACCEPT)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), 200);
     assert!(
         metrics.headers()["content-type"]

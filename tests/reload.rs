@@ -253,3 +253,63 @@ async fn the_reload_check_uses_the_bound_addresses_and_the_tls_in_effect() {
     server.shutdown();
     server.wait().await;
 }
+
+/// The config warnings among JSON log lines, as (key, message).
+fn config_warnings(lines: &[String]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["level"] == "WARN"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("config warning"))
+        })
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap_or_default().to_string(),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_warnings_are_logged_at_start_and_on_reload() {
+    let upstream = MockUpstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let base = config(&upstream.url, &["/a"]);
+    std::fs::write(
+        &path,
+        format!("{base}[server.inbound]\ntrusted_proxies = [\"0.0.0.0/0\"]\n"),
+    )
+    .unwrap();
+    let mut serve = Serve::start(&path);
+    // The lines up to the listener lines: what start logged.
+    let at_start = config_warnings(&serve.seen);
+    assert_eq!(at_start.len(), 1, "{:#?}", serve.seen);
+    assert_eq!(at_start[0].0, "server.inbound.trusted_proxies[0]");
+    assert!(
+        at_start[0].1.contains("trusts every IPv4 peer"),
+        "{at_start:?}"
+    );
+
+    // A reload with another doubtful setting logs that one. (SIGHUP: the file watcher may
+    // not be set up yet this early.)
+    let started = serve.seen.len();
+    std::fs::write(
+        &path,
+        format!("{base}[admin.inbound]\nallow = [\"::/0\"]\n"),
+    )
+    .unwrap();
+    serve.signal("HUP");
+    serve.wait_for_line("config reloaded", Duration::from_secs(10));
+    let on_reload = config_warnings(&serve.seen[started..]);
+    assert_eq!(on_reload.len(), 1, "{:#?}", &serve.seen[started..]);
+    assert_eq!(on_reload[0].0, "admin.inbound.allow[0]");
+    assert!(
+        on_reload[0].1.contains("admits every IPv6 address"),
+        "{on_reload:?}"
+    );
+}

@@ -1,7 +1,9 @@
-//! The admin listener: health, readiness, Prometheus metrics and the status page. It never
+//! The admin listener: health, readiness, metrics (OpenMetrics or Prometheus text, as the
+//! scraper asks) and the status page. It never
 //! proxies. It can have its own TLS and inbound controls (`[admin.tls]`,
 //! `[admin.inbound]`), checked like the proxy listener's.
 
+mod metrics;
 mod status;
 
 use std::convert::Infallible;
@@ -175,13 +177,15 @@ fn respond(
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.to_string()),
         "/readyz" => readiness(state),
         "/metrics" => {
-            let mut response = Response::new(body::full(state.telemetry.encode()));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
+            let format = metrics::negotiate(request.headers().get(header::ACCEPT));
+            let text = match format {
+                metrics::Format::OpenMetrics => state.telemetry.encode(),
+                metrics::Format::Text => metrics::to_text(&state.telemetry.encode()),
+            };
+            let mut response = Response::new(body::full(text));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, format.content_type());
+            headers.insert(header::VARY, HeaderValue::from_static("accept"));
             response
         }
         "/status.json" => json(StatusCode::OK, status::json(state).to_string()),

@@ -79,6 +79,16 @@ const TYPES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The types that yield an Entra ID bearer token (see `CredentialConfig::is_entra_token`).
+const ENTRA_TYPES: &[&str] = &[
+    "client_secret",
+    "client_certificate",
+    "managed_identity",
+    "workload_identity",
+    "azure_cli",
+    "default",
+];
+
 const DEFAULT_KEY_HEADER: &str = "ocp-apim-subscription-key";
 const DEFAULT_VI_API_URL: &str = "https://api.videoindexer.ai";
 const DEFAULT_MANAGEMENT_URL: &str = "https://management.azure.com";
@@ -89,6 +99,18 @@ pub fn validate_all(
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Vec<(String, CredentialConfig)> {
+    // Declared names and their `type`, valid or not: a reference to a broken credential is
+    // not a second problem (the credential's own problems say what is wrong).
+    let declared: Vec<(String, Option<String>)> = tables
+        .iter()
+        .map(|(name, value)| {
+            let kind = value
+                .get("type")
+                .and_then(|t| t.as_str())
+                .map(str::to_owned);
+            (name.clone(), kind)
+        })
+        .collect();
     let mut out = Vec::new();
     for (name, value) in tables {
         let path = join("credentials", &name);
@@ -104,12 +126,16 @@ pub fn validate_all(
             out.push((name, credential));
         }
     }
-    check_video_indexer_references(&out, problems);
+    check_video_indexer_references(&out, &declared, problems);
     out
 }
 
 /// A Video Indexer credential's `arm` must name an Entra token credential.
-fn check_video_indexer_references(all: &[(String, CredentialConfig)], problems: &mut Problems) {
+fn check_video_indexer_references(
+    all: &[(String, CredentialConfig)],
+    declared: &[(String, Option<String>)],
+    problems: &mut Problems,
+) {
     for (name, config) in all {
         let CredentialConfig::VideoIndexer(vi) = config else {
             continue;
@@ -118,53 +144,91 @@ fn check_video_indexer_references(all: &[(String, CredentialConfig)], problems: 
             continue;
         };
         let path = join(&join("credentials", name), "arm");
-        match all.iter().find(|(other, _)| other == arm) {
-            Some((_, target)) if target.is_entra_token() => {}
-            Some((_, target)) => problems.push(
-                path,
-                format!(
-                    "credential \"{arm}\" is of type \"{}\"; `arm` needs an Entra ID token credential \
-                     (client_secret, client_certificate, managed_identity, workload_identity, azure_cli, default)",
-                    target.kind()
-                ),
-            ),
+        match declared.iter().find(|(other, _)| other == arm) {
+            Some((_, Some(kind))) if !ENTRA_TYPES.contains(&kind.as_str()) => {
+                // An unknown type is reported at the credential itself.
+                if TYPES.iter().any(|(t, _)| t == kind) {
+                    problems.push(
+                        path,
+                        format!(
+                            "credential \"{arm}\" is of type \"{kind}\"; `arm` needs an Entra ID token \
+                             credential ({})",
+                            ENTRA_TYPES.join(", ")
+                        ),
+                    );
+                }
+            }
+            Some(_) => {}
             None => {
-                let known: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
-                problems.push(
-                    path,
-                    format!("unknown credential \"{arm}\"; known: {}", known.join(", ")),
-                );
+                let known: Vec<&str> = declared.iter().map(|(n, _)| n.as_str()).collect();
+                let mut message =
+                    format!("unknown credential \"{arm}\"; known: {}", known.join(", "));
+                if let Some(near) = super::error::did_you_mean(arm, known) {
+                    message.push_str(&format!("; did you mean \"{near}\"?"));
+                }
+                problems.push(path, message);
             }
         }
     }
 }
 
 fn validate_one(
-    table: toml::Table,
+    mut table: toml::Table,
     path: &str,
     default_audience: Option<&Audience>,
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Option<CredentialConfig> {
-    let kind = match table.get("type") {
-        Some(toml::Value::String(kind)) => kind.clone(),
-        Some(_) => {
+    let kind = table
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned);
+    let type_keys = kind
+        .as_deref()
+        .and_then(|kind| TYPES.iter().find(|(name, _)| *name == kind))
+        .map(|(_, keys)| *keys);
+    // Keys no type knows are typos: suggested from the keys of this type (or of any type,
+    // when the type is not known), and taken out so the model does not report them again.
+    let unknown: Vec<String> = table
+        .keys()
+        .filter(|key| *key != "type" && !TYPES.iter().any(|(_, ks)| ks.contains(&key.as_str())))
+        .cloned()
+        .collect();
+    for key in unknown {
+        table.remove(&key);
+        let mut valid: Vec<&str> = vec!["type"];
+        match type_keys {
+            Some(keys) => valid.extend_from_slice(keys),
+            None => {
+                for key in TYPES.iter().flat_map(|(_, keys)| keys.iter()) {
+                    if !valid.contains(key) {
+                        valid.push(key);
+                    }
+                }
+            }
+        }
+        problems.unknown_key(path, &key, &valid);
+    }
+    let kind = match (kind, table.get("type")) {
+        (Some(kind), _) => kind,
+        (None, Some(_)) => {
             problems.push(join(path, "type"), "must be a string");
             return None;
         }
-        None => {
-            problems.push(
-                path,
-                format!("missing key `type`; expected one of: {}", type_names()),
+        (None, None) => {
+            problems.missing(
+                join(path, "type"),
+                format!("missing key; expected one of: {}", type_names()),
             );
             return None;
         }
     };
-    let Some((_, keys)) = TYPES.iter().find(|(name, _)| *name == kind) else {
-        problems.push(
-            join(path, "type"),
-            format!("unknown type \"{kind}\"; expected one of: {}", type_names()),
-        );
+    let Some(keys) = type_keys else {
+        let mut message = format!("unknown type \"{kind}\"; expected one of: {}", type_names());
+        if let Some(near) = super::error::did_you_mean(&kind, TYPES.iter().map(|(t, _)| *t)) {
+            message = format!("unknown type \"{kind}\"; did you mean \"{near}\"?");
+        }
+        problems.push(join(path, "type"), message);
         return None;
     };
     for key in table.keys() {
@@ -297,14 +361,11 @@ impl Check<'_> {
         match value {
             Some(v) if !v.trim().is_empty() => Some(v),
             Some(_) => {
-                self.problems.push(
-                    join(self.path, key),
-                    "is empty (is the environment variable it names set?)",
-                );
+                self.problems.push(join(self.path, key), "is empty");
                 None
             }
             None => {
-                self.problems.push(join(self.path, key), "missing key");
+                self.problems.missing(join(self.path, key), "missing key");
                 None
             }
         }
@@ -402,7 +463,7 @@ impl Check<'_> {
     ) -> Option<(PathBuf, Arc<Vec<CertificateDer<'static>>>, Secret)> {
         let key_path = join(self.path, "certificate");
         let Some(file) = file else {
-            self.problems.push(
+            self.problems.missing(
                 key_path,
                 "missing key (a PEM file with the certificate and its private key)",
             );
@@ -530,7 +591,7 @@ fn header_name(
     problems: &mut Problems,
 ) -> Option<HeaderName> {
     let Some(text) = value.or(default) else {
-        problems.push(path, "missing key");
+        problems.missing(path, "missing key");
         return None;
     };
     match HeaderName::from_bytes(text.as_bytes()) {
@@ -550,11 +611,11 @@ fn secret_header_value(
     problems: &mut Problems,
 ) -> Option<HeaderValue> {
     let Some(text) = value else {
-        problems.push(path, "missing key");
+        problems.missing(path, "missing key");
         return None;
     };
     if text.is_empty() {
-        problems.push(path, "is empty (is the environment variable it names set?)");
+        problems.push(path, "is empty");
         return None;
     }
     match HeaderValue::from_str(&text) {

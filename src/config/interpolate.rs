@@ -1,6 +1,8 @@
 //! `${NAME}` and `${NAME:-fallback}` in string values, replaced from the environment before
 //! the file is validated. `$${` writes a literal `${`. Values taken from the environment are
-//! not expanded again, and never appear in error messages (they are often secrets).
+//! not expanded again, and never appear in error messages (they are often secrets); a
+//! problem found later in such a value names the variable instead (`is empty: environment
+//! variable AZGATE_API_KEY is set but empty`).
 
 use super::error::{Problems, join};
 
@@ -13,10 +15,18 @@ pub fn interpolate_tree(
     problems: &mut Problems,
 ) {
     match value {
-        toml::Value::String(s) => match interpolate(s, env) {
-            Ok(expanded) => *s = expanded,
-            Err(message) => problems.push(path, message),
-        },
+        toml::Value::String(s) => {
+            let mut used = Vec::new();
+            match expand(s, env, &mut used) {
+                Ok(expanded) => {
+                    if let Some(note) = origin_note(&used, expanded.trim().is_empty()) {
+                        problems.note_origin(path, note);
+                    }
+                    *s = expanded;
+                }
+                Err(message) => problems.push(path, message),
+            }
+        }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 interpolate_tree(item, &format!("{path}[{i}]"), env, problems);
@@ -31,8 +41,43 @@ pub fn interpolate_tree(
     }
 }
 
-/// Expands one string.
+/// A variable a value was built from, and whether it was set but empty.
+struct Used {
+    name: String,
+    empty: bool,
+}
+
+/// What a problem about a value built from `used` adds to its message: the variable that
+/// is set but empty when the value came out empty, else where the value came from.
+fn origin_note(used: &[Used], value_is_empty: bool) -> Option<String> {
+    let variables = |names: Vec<&str>| match names.as_slice() {
+        [one] => format!("environment variable {one}"),
+        _ => format!("environment variables {}", names.join(", ")),
+    };
+    let empty: Vec<&str> = used
+        .iter()
+        .filter(|u| u.empty)
+        .map(|u| u.name.as_str())
+        .collect();
+    if value_is_empty && !empty.is_empty() {
+        let verb = if empty.len() == 1 { "is" } else { "are" };
+        return Some(format!(": {} {verb} set but empty", variables(empty)));
+    }
+    let all: Vec<&str> = used.iter().map(|u| u.name.as_str()).collect();
+    (!all.is_empty()).then(|| format!(" (the value comes from {})", variables(all)))
+}
+
+/// Expands one string, noting the variables it used in `used`.
+/// One string with its `${…}` replaced (for reading a single key ahead of validation).
 pub fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    expand(text, env, &mut Vec::new())
+}
+
+fn expand(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    used: &mut Vec<Used>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('$') {
@@ -56,7 +101,13 @@ pub fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
                 ));
             }
             match (env(name), fallback) {
-                (Some(value), _) => out.push_str(&value),
+                (Some(value), _) => {
+                    used.push(Used {
+                        name: name.to_string(),
+                        empty: value.is_empty(),
+                    });
+                    out.push_str(&value);
+                }
                 (None, Some(fallback)) => out.push_str(fallback),
                 (None, None) => {
                     return Err(format!(
@@ -83,6 +134,10 @@ fn is_variable_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+        expand(text, env, &mut Vec::new())
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {
@@ -147,5 +202,36 @@ mod tests {
             "{err}"
         );
         assert_eq!(value["routes"][0]["methods"][0].as_str(), Some("contoso"));
+    }
+
+    #[test]
+    fn problems_about_a_value_name_its_variable() {
+        let mut value: toml::Value = toml::from_str(
+            r#"
+            key = "${EMPTY}"
+            both = "${EMPTY}${TENANT}"
+            fallback = "${MISSING:-x}"
+            plain = ""
+            url = "https://${TENANT}"
+            "#,
+        )
+        .unwrap();
+        let mut problems = Problems::default();
+        interpolate_tree(&mut value, "", &env, &mut problems);
+        for key in ["key", "both", "fallback", "plain", "url"] {
+            problems.push(key, "is wrong");
+        }
+        let err = problems.into_error("f.toml").to_string();
+        assert_eq!(
+            err.lines().collect::<Vec<_>>(),
+            [
+                "f.toml: key: is wrong: environment variable EMPTY is set but empty",
+                "f.toml: both: is wrong (the value comes from environment variables EMPTY, TENANT)",
+                "f.toml: fallback: is wrong",
+                "f.toml: plain: is wrong",
+                "f.toml: url: is wrong (the value comes from environment variable TENANT)",
+            ]
+        );
+        assert!(!err.contains("contoso"), "a value was shown: {err}");
     }
 }

@@ -68,6 +68,18 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[retry]`: the defaults routes start from.
     pub retry: RetryConfig,
+    /// Things that work but probably not as meant (an allow-list of every address, no
+    /// inbound control on purpose): `check` prints them, `serve` logs them at WARN.
+    pub warnings: Vec<Problem>,
+}
+
+impl Config {
+    /// Logs each warning at WARN (at start and after a reload).
+    pub fn log_warnings(&self) {
+        for warning in &self.warnings {
+            tracing::warn!(config = %self.file, key = %warning.path, "config warning: {}", warning.message);
+        }
+    }
 }
 
 /// `[server]`.
@@ -401,6 +413,9 @@ pub struct RouteConfig {
     /// `rewrite_body_limit` bytes; larger bodies stream unchanged.
     pub rewrite_body_links: bool,
     pub rewrite_body_limit: u64,
+    /// Send `X-Forwarded-For`/`-Proto`/`-Host` upstream (default true); false sends no
+    /// forwarding headers at all. Clients' own are believed only from `trusted_proxies`.
+    pub forwarded_headers: bool,
 }
 
 /// When and how a route retries.
@@ -518,7 +533,10 @@ pub fn parse(
     interpolate::interpolate_tree(&mut root, "", env, &mut problems);
     let config = validate::validate(root, file, base_dir, &mut problems);
     match config {
-        Some(config) if problems.is_empty() => Ok(config),
+        Some(mut config) if problems.is_empty() => {
+            config.warnings = problems.take_warnings();
+            Ok(config)
+        }
         _ => Err(problems.into_error(file)),
     }
 }

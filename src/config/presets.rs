@@ -20,6 +20,13 @@ pub enum Preset {
 pub const NAMES: &str = "video_indexer, arm, media_services_v2, devcenter";
 
 impl Preset {
+    pub const ALL: [Preset; 4] = [
+        Preset::VideoIndexer,
+        Preset::Arm,
+        Preset::MediaServicesV2,
+        Preset::DevCenter,
+    ];
+
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "video_indexer" => Some(Preset::VideoIndexer),
@@ -55,8 +62,16 @@ impl Preset {
         }
     }
 
-    /// Fills the route's unset keys. `path` names the route in problems.
-    pub fn apply(self, raw: &mut RawRoute, path: &str, problems: &mut Problems) {
+    /// Fills the route's unset keys. `path` names the route in problems. Returns the key
+    /// the user wrote that the upstream URL was built from (`endpoint`, `account`), so a
+    /// problem with that URL names it, and not `upstream`, which the user never wrote.
+    pub fn apply(
+        self,
+        raw: &mut RawRoute,
+        path: &str,
+        problems: &mut Problems,
+    ) -> Option<&'static str> {
+        let mut upstream_from = None;
         let only = |key: &str, allowed: &[Preset], value_set: bool, problems: &mut Problems| {
             if value_set && !allowed.contains(&self) {
                 problems.push(
@@ -102,9 +117,12 @@ impl Preset {
             Preset::MediaServicesV2 => {
                 match (&raw.account, &raw.region) {
                     (Some(account), Some(region)) => {
-                        raw.upstream.get_or_insert_with(|| {
-                            format!("https://{account}.restv2.{region}.media.azure.net/api")
-                        });
+                        if raw.upstream.is_none() {
+                            raw.upstream = Some(format!(
+                                "https://{account}.restv2.{region}.media.azure.net/api"
+                            ));
+                            upstream_from = Some("account");
+                        }
                     }
                     _ => problems.push(
                         path,
@@ -126,7 +144,16 @@ impl Preset {
             Preset::DevCenter => {
                 match &raw.endpoint {
                     Some(endpoint) => {
-                        raw.upstream.get_or_insert_with(|| endpoint.clone());
+                        if raw.upstream.is_none() {
+                            // With or without its scheme: a variable holding the host
+                            // name and one holding the whole URL both work.
+                            raw.upstream = Some(if endpoint.contains("://") {
+                                endpoint.clone()
+                            } else {
+                                format!("https://{endpoint}")
+                            });
+                            upstream_from = Some("endpoint");
+                        }
                     }
                     None => problems.push(
                         path,
@@ -139,6 +166,7 @@ impl Preset {
                     .or_insert_with(|| "2024-02-01".into());
             }
         }
+        upstream_from
     }
 }
 

@@ -108,9 +108,11 @@ pub struct RawRoute {
     pub set_query: Option<BTreeMap<String, String>>,
     pub rewrite_body_links: Option<bool>,
     pub rewrite_body_limit: Option<String>,
+    pub forwarded_headers: Option<bool>,
 }
 
-/// Deserialises one section, recording unknown keys and type errors under `path`.
+/// Deserialises one section, recording unknown keys (with the valid keys of their table,
+/// read from the serde model itself) and type errors under `path`.
 /// Returns `None` when the section's types are wrong (its problems are recorded).
 pub fn section<T: DeserializeOwned>(
     value: toml::Value,
@@ -123,8 +125,13 @@ pub fn section<T: DeserializeOwned>(
         let ignored = serde_ignored::Deserializer::new(value, &mut record);
         serde_path_to_error::deserialize(ignored)
     };
-    for key in unknown {
-        problems.push(join(path, &key), "unknown key");
+    for segments in unknown {
+        let Some((key, parents)) = segments.split_last() else {
+            continue;
+        };
+        let parent = parents.iter().fold(path.to_string(), |p, s| join(&p, s));
+        let valid = fields_at::<T>(parents).unwrap_or(&[]);
+        problems.unknown_key(&parent, key, valid);
     }
     match result {
         Ok(parsed) => Some(parsed),
@@ -140,16 +147,176 @@ pub fn section<T: DeserializeOwned>(
     }
 }
 
-/// Formats a serde_ignored path the way the rest of the config reports paths
-/// (`tls.cert`, `methods[0]`), skipping the `Option` layers serde inserts.
-fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+/// A serde_ignored path as key segments (`tls`, `cert`; `methods`, `[0]`), skipping the
+/// `Option` layers serde inserts.
+fn ignored_path(path: &serde_ignored::Path<'_>) -> Vec<String> {
     use serde_ignored::Path;
     match path {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
-        Path::Map { parent, key } => join(&ignored_path(parent), key),
+        Path::Root => Vec::new(),
+        Path::Seq { parent, index } => {
+            let mut out = ignored_path(parent);
+            out.push(format!("[{index}]"));
+            out
+        }
+        Path::Map { parent, key } => {
+            let mut out = ignored_path(parent);
+            out.push(key.clone());
+            out
+        }
         Path::Some { parent }
         | Path::NewtypeStruct { parent }
         | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+/// The field names of the struct that `T` deserialises at `path` (`[]` for `T` itself,
+/// `["retry"]` for a route's `[routes.retry]`), asked of the derived `Deserialize` impls:
+/// the valid keys come from the model, not from a second list kept by hand.
+pub fn fields_at<T: DeserializeOwned>(path: &[String]) -> Option<&'static [&'static str]> {
+    let mut found = None;
+    let _ = T::deserialize(FieldProbe {
+        path,
+        found: &mut found,
+    });
+    found
+}
+
+/// A deserializer that walks `path` down through structs and options and records the
+/// field list of the struct it ends at; every other request fails, ending the walk.
+struct FieldProbe<'a> {
+    path: &'a [String],
+    found: &'a mut Option<&'static [&'static str]>,
+}
+
+fn stop() -> serde::de::value::Error {
+    serde::de::Error::custom("field probe")
+}
+
+impl<'de> serde::Deserializer<'de> for FieldProbe<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(stop())
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self.path.split_first() {
+            None => {
+                *self.found = Some(fields);
+                Err(stop())
+            }
+            Some((key, rest)) => visitor.visit_map(OneEntry {
+                key: Some(key),
+                value: Some(FieldProbe {
+                    path: rest,
+                    found: self.found,
+                }),
+            }),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// The map a `FieldProbe` shows a struct: one entry, the next key of the path.
+struct OneEntry<'a> {
+    key: Option<&'a String>,
+    value: Option<FieldProbe<'a>>,
+}
+
+impl<'de> serde::de::MapAccess<'de> for OneEntry<'_> {
+    type Error = serde::de::value::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        use serde::de::IntoDeserializer;
+        match self.key.take() {
+            Some(key) => seed.deserialize(key.as_str().into_deserializer()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self.value.take() {
+            Some(probe) => seed.deserialize(probe),
+            None => Err(stop()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_keys_come_from_the_model() {
+        let route = fields_at::<RawRoute>(&[]).unwrap();
+        assert!(route.contains(&"upstream") && route.contains(&"rewrite_body_links"));
+        let retry = fields_at::<RawRoute>(&["retry".to_string()]).unwrap();
+        assert!(retry.contains(&"max_attempts") && !retry.contains(&"upstream"));
+        assert!(fields_at::<RawRoute>(&["set_headers".to_string()]).is_none());
+        assert!(fields_at::<RawRoute>(&["nope".to_string()]).is_none());
+        let credential = fields_at::<RawCredential>(&[]).unwrap();
+        assert!(
+            credential.contains(&"type"),
+            "renamed fields by their TOML name"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_get_a_suggestion_or_the_valid_keys() {
+        let value: toml::Value = toml::from_str(
+            "prefix = \"/a\"\nstrip_prefx = true\nzzz = 1\n[retry]\nmax_attemps = 3\n",
+        )
+        .unwrap();
+        let mut problems = Problems::default();
+        let route = section::<RawRoute>(value, "routes[0]", &mut problems);
+        assert!(route.is_some());
+        let text = problems.into_error("f").to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines
+                .contains(&"f: routes[0].strip_prefx: unknown key; did you mean \"strip_prefix\"?"),
+            "{text}"
+        );
+        assert!(
+            lines.contains(
+                &"f: routes[0].retry.max_attemps: unknown key; did you mean \"max_attempts\"?"
+            ),
+            "{text}"
+        );
+        assert!(
+            lines.iter().any(|l| l
+                .starts_with("f: routes[0].zzz: unknown key; valid keys here: prefix, upstream,")),
+            "{text}"
+        );
     }
 }

@@ -85,20 +85,28 @@ fn validate_one(
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Option<RouteConfig> {
+    // The key an upstream problem is reported at: the one the user wrote.
+    let mut upstream_key = "upstream";
     let preset = match raw.preset.as_deref() {
         Some(name) => match Preset::parse(name) {
             Some(preset) => {
-                preset.apply(&mut raw, path, problems);
+                if let Some(key) = preset.apply(&mut raw, path, problems) {
+                    upstream_key = key;
+                }
                 Some(preset)
             }
             None => {
-                problems.push(
-                    join(path, "preset"),
-                    format!(
+                let near = super::error::did_you_mean(name, Preset::ALL.map(Preset::name));
+                let message = match near {
+                    Some(near) => format!("unknown preset \"{name}\"; did you mean \"{near}\"?"),
+                    None => format!(
                         "unknown preset \"{name}\"; expected one of: {}",
                         presets::NAMES
                     ),
-                );
+                };
+                problems.push(join(path, "preset"), message);
+                // The upstream it would have given is part of the same mistake.
+                problems.missing_is_explained(join(path, "upstream"));
                 None
             }
         },
@@ -152,31 +160,30 @@ fn validate_one(
             .map_err(|m| problems.push(join(path, "prefix"), m))
             .ok(),
         None => {
-            problems.push(join(path, "prefix"), "missing key");
+            problems.missing(join(path, "prefix"), "missing key");
             None
         }
     };
     let upstream = match raw.upstream {
         Some(text) => upstream(&text)
-            .map_err(|m| problems.push(join(path, "upstream"), m))
+            .map_err(|m| problems.push(join(path, upstream_key), m))
             .ok(),
         None => {
-            problems.push(join(path, "upstream"), "missing key");
+            problems.missing(join(path, "upstream"), "missing key");
             None
         }
     };
     if let Some(name) = &raw.credential
         && !credentials.contains(&name.as_str())
     {
-        let known = if credentials.is_empty() {
-            "none".to_string()
-        } else {
-            credentials.join(", ")
+        let mut message = match credentials {
+            [] => format!("unknown credential \"{name}\"; known: none"),
+            known => format!("unknown credential \"{name}\"; known: {}", known.join(", ")),
         };
-        problems.push(
-            join(path, "credential"),
-            format!("unknown credential \"{name}\"; known: {known}"),
-        );
+        if let Some(near) = super::error::did_you_mean(name, credentials.iter().copied()) {
+            message.push_str(&format!("; did you mean \"{near}\"?"));
+        }
+        problems.push(join(path, "credential"), message);
     }
     let methods = raw
         .methods
@@ -263,6 +270,7 @@ fn validate_one(
         set_query,
         rewrite_body_links: raw.rewrite_body_links.unwrap_or(false),
         rewrite_body_limit,
+        forwarded_headers: raw.forwarded_headers.unwrap_or(true),
     })
 }
 
@@ -302,8 +310,20 @@ fn upstream(text: &str) -> Result<Uri, String> {
             ));
         }
     }
+    // `https://https://host` parses as host "https" with an empty port: a scheme written
+    // twice, typically `https://${VAR}` with a variable that holds a whole URL.
+    let after_scheme = text.split_once("://").map_or("", |(_, rest)| rest);
+    let lower = after_scheme.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return Err(format!(
+            "\"{text}\" has its scheme twice; write it once, as in \"https://host\""
+        ));
+    }
     if uri.authority().is_none_or(|a| a.host().is_empty()) {
         return Err(format!("upstream \"{text}\" has no host"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().ends_with(':')) {
+        return Err(format!("\"{text}\" has an empty port"));
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(format!(
@@ -423,5 +443,18 @@ mod tests {
         assert!(upstream("api.videoindexer.ai").is_err());
         assert!(upstream("https://u:p@host").is_err());
         assert!(upstream("https://host/?q=1").is_err());
+        for doubled in [
+            "https://https://host",
+            "https://http://host",
+            "http://HTTPS://h/x",
+        ] {
+            let err = upstream(doubled).unwrap_err();
+            assert!(err.contains("scheme twice"), "{doubled}: {err}");
+        }
+        assert!(
+            upstream("https://host:/x")
+                .unwrap_err()
+                .contains("empty port")
+        );
     }
 }

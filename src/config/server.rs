@@ -115,6 +115,7 @@ pub fn validate(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> Ser
         .tls
         .and_then(|table| raw::section::<RawTls>(toml::Value::Table(table), "server.tls", problems))
         .and_then(|t| tls(t, "server.tls", base_dir, problems));
+    let before = problems.len();
     let inbound = raw
         .inbound
         .and_then(|table| {
@@ -122,6 +123,9 @@ pub fn validate(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> Ser
         })
         .map(|i| inbound(i, "server.inbound", problems))
         .unwrap_or_default();
+    // A control that was written but is broken is reported where it is written; the
+    // listener is not reported again as uncontrolled.
+    let inbound_broken = problems.len() > before;
     let allow_unauthenticated = raw.allow_unauthenticated.unwrap_or(false);
     let drain_delay = match raw.drain_delay {
         Some(text) => units::parse_duration(&text).unwrap_or_else(|m| {
@@ -131,7 +135,18 @@ pub fn validate(raw: RawServer, base_dir: &Path, problems: &mut Problems) -> Ser
         None => Duration::ZERO,
     };
 
-    if let Some(problem) = exposed_proxy(listen, &inbound, tls.as_ref(), allow_unauthenticated) {
+    let public = !listen.ip().is_loopback() && !controlled(&inbound, tls.as_ref());
+    if public && allow_unauthenticated {
+        problems.warn(
+            "server.allow_unauthenticated",
+            format!(
+                "{listen} has no inbound access control: anyone who reaches it can use azgate's \
+                 Azure credentials; something in front of azgate must restrict access"
+            ),
+        );
+    } else if !inbound_broken
+        && let Some(problem) = exposed_proxy(listen, &inbound, tls.as_ref(), allow_unauthenticated)
+    {
         problems.push("server.listen", problem);
     }
     ServerConfig {
@@ -162,9 +177,14 @@ pub fn exposed_proxy(
     allow_unauthenticated: bool,
 ) -> Option<String> {
     (!listen.ip().is_loopback() && !controlled(inbound, tls) && !allow_unauthenticated).then(|| {
+        let allow_all = if allows_everything(&inbound.allow) {
+            " ([server.inbound] allow admits every address, so it controls nothing)"
+        } else {
+            ""
+        };
         format!(
             "{listen} is reachable from other machines, and without inbound access control \
-             anyone who reaches it can use azgate's Azure credentials. Add one of \
+             anyone who reaches it can use azgate's Azure credentials{allow_all}. Add one of \
              [server.inbound] api_keys (clients send x-azgate-key), [server.inbound] allow \
              (client CIDRs) or [server.tls] client_ca (mTLS); or set \
              server.allow_unauthenticated = true if something in front of azgate already \
@@ -174,13 +194,16 @@ pub fn exposed_proxy(
 }
 
 /// The same rule for the admin listener. The admin endpoints never proxy, but the status
-/// page shows routes and recent request paths.
+/// page shows routes and recent request paths. An allow-list of every address still counts
+/// here (with its warning): the admin listener has no `allow_unauthenticated`, and probes
+/// from changing node addresses may need it.
 pub fn exposed_admin(
     listen: SocketAddr,
     inbound: &InboundConfig,
     tls: Option<&TlsConfig>,
 ) -> Option<String> {
-    (!listen.ip().is_loopback() && !controlled(inbound, tls)).then(|| {
+    let controlled = controlled(inbound, tls) || !inbound.allow.is_empty();
+    (!listen.ip().is_loopback() && !controlled).then(|| {
         format!(
             "{listen} is reachable from other machines; protect the admin endpoints with \
              [admin.inbound] api_keys or allow, or [admin.tls] client_ca, or keep them on loopback"
@@ -239,7 +262,9 @@ pub fn inbound(raw: RawInbound, section: &str, problems: &mut Problems) -> Inbou
     let mut api_keys = Vec::new();
     for (i, key) in raw.api_keys.unwrap_or_default().into_iter().enumerate() {
         let path = format!("{}[{i}]", join(section, "api_keys"));
-        if key.trim().len() < 16 {
+        if key.trim().is_empty() {
+            problems.push(path, "is empty");
+        } else if key.trim().len() < 16 {
             problems.push(
                 path,
                 "too short: use at least 16 random characters (value not shown)",
@@ -248,25 +273,62 @@ pub fn inbound(raw: RawInbound, section: &str, problems: &mut Problems) -> Inbou
             api_keys.push(Secret::new(key));
         }
     }
+    let allow_path = join(section, "allow");
+    let allow = cidrs(raw.allow.unwrap_or_default(), &allow_path, problems);
+    for (i, net) in allow.iter().enumerate() {
+        if net.prefix_len() == 0 {
+            problems.warn(
+                format!("{allow_path}[{i}]"),
+                format!(
+                    "\"{net}\" admits every {} address: this allow-list restricts nothing",
+                    family(net)
+                ),
+            );
+        }
+    }
+    let trusted_path = join(section, "trusted_proxies");
+    let trusted_proxies = cidrs(
+        raw.trusted_proxies.unwrap_or_default(),
+        &trusted_path,
+        problems,
+    );
+    for (i, net) in trusted_proxies.iter().enumerate() {
+        if net.prefix_len() == 0 {
+            problems.warn(
+                format!("{trusted_path}[{i}]"),
+                format!(
+                    "\"{net}\" trusts every {} peer as a proxy: any client can name its own \
+                     address in X-Forwarded-For and pass the allow-list; list only the \
+                     addresses of your proxies",
+                    family(net)
+                ),
+            );
+        }
+    }
     InboundConfig {
         api_keys,
-        allow: cidrs(
-            raw.allow.unwrap_or_default(),
-            &join(section, "allow"),
-            problems,
-        ),
-        trusted_proxies: cidrs(
-            raw.trusted_proxies.unwrap_or_default(),
-            &join(section, "trusted_proxies"),
-            problems,
-        ),
+        allow,
+        trusted_proxies,
     }
 }
 
-/// Whether a listener has an inbound control: keys, an address allow-list or mTLS.
+fn family(net: &IpNet) -> &'static str {
+    match net {
+        IpNet::V4(_) => "IPv4",
+        IpNet::V6(_) => "IPv6",
+    }
+}
+
+/// An allow-list with a `/0` entry admits every client of that address family.
+fn allows_everything(allow: &[IpNet]) -> bool {
+    allow.iter().any(|net| net.prefix_len() == 0)
+}
+
+/// Whether a listener has an inbound control: keys, an address allow-list that excludes
+/// someone, or mTLS.
 pub fn controlled(inbound: &InboundConfig, tls: Option<&TlsConfig>) -> bool {
     !inbound.api_keys.is_empty()
-        || !inbound.allow.is_empty()
+        || (!inbound.allow.is_empty() && !allows_everything(&inbound.allow))
         || tls.is_some_and(|t| t.client_ca.is_some())
 }
 

@@ -14,6 +14,9 @@ use super::{
 
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
+/// The tables a config file may have.
+const TOP_LEVEL: &[&str] = &["server", "admin", "log", "retry", "credentials", "routes"];
+
 /// Validates the whole (already interpolated) document. Returns `None` only when nothing
 /// usable could be built; callers also check `problems`.
 pub fn validate(
@@ -49,10 +52,7 @@ pub fn validate(
                 toml::Value::Array(items) => route_values = items,
                 _ => problems.push("routes", "must be an array of [[routes]] tables"),
             },
-            _ => problems.push(
-                key,
-                "unknown key; expected server, admin, log, retry, credentials or routes",
-            ),
+            _ => problems.unknown_key("", &key, TOP_LEVEL),
         }
     }
 
@@ -99,6 +99,7 @@ pub fn validate(
         credentials: credentials.into_iter().collect::<BTreeMap<_, _>>(),
         routes,
         retry,
+        warnings: Vec::new(),
     })
 }
 
@@ -112,6 +113,7 @@ fn validate_admin(raw: RawAdmin, base_dir: &Path, problems: &mut Problems) -> Ad
         .tls
         .and_then(|t| raw::section::<server::RawTls>(toml::Value::Table(t), "admin.tls", problems))
         .and_then(|t| server::tls(t, "admin.tls", base_dir, problems));
+    let before = problems.len();
     let inbound = raw
         .inbound
         .and_then(|t| {
@@ -119,8 +121,10 @@ fn validate_admin(raw: RawAdmin, base_dir: &Path, problems: &mut Problems) -> Ad
         })
         .map(|i| server::inbound(i, "admin.inbound", problems))
         .unwrap_or_default();
-    if let Some(problem) =
-        listen.and_then(|addr| server::exposed_admin(addr, &inbound, tls.as_ref()))
+    let inbound_broken = problems.len() > before;
+    if !inbound_broken
+        && let Some(problem) =
+            listen.and_then(|addr| server::exposed_admin(addr, &inbound, tls.as_ref()))
     {
         problems.push("admin.listen", problem);
     }

@@ -14,6 +14,7 @@ pub mod access_log;
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod forwarded;
 pub mod headers;
 pub mod inbound;
 pub mod prepare;
@@ -167,7 +168,18 @@ async fn forward(
     // prepare upstream request: strip, inject credential, hold the body for replay
     let authorization = send::authorize(route).await?;
     let (parts, incoming) = request.into_parts();
-    let template = UpstreamRequest::new(parts, route, request_id);
+    let hop = forwarded::ClientHop {
+        peer: conn.peer.ip(),
+        peer_trusted: admitted.peer_trusted,
+        tls: conn.tls,
+        host: origin.host.clone().or_else(|| {
+            origin
+                .authority
+                .as_ref()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        }),
+    };
+    let template = UpstreamRequest::new(parts, route, request_id, &hop);
     let incoming = InboundBody::new(
         incoming,
         log.bytes_in.clone(),
@@ -203,11 +215,43 @@ async fn forward(
     if let Some(links) = &links {
         links.headers(response.headers_mut());
         if route.config.rewrite_body_links {
-            response =
+            let skipped;
+            (response, skipped) =
                 rewrite::json_response(response, links, route.config.rewrite_body_limit).await;
+            if let Some(skipped) = skipped {
+                link_rewrite_skipped(route, skipped, telemetry, &log.request_id);
+            }
         }
     }
     Ok((response, route.config.timeout))
+}
+
+/// Counts a body whose links were not rewritten, and warns (at most once a minute per
+/// route) when links may have been left pointing at the upstream.
+fn link_rewrite_skipped(
+    route: &route::Route,
+    skipped: rewrite::Skipped,
+    telemetry: &Telemetry,
+    request_id: &str,
+) {
+    telemetry.record_link_rewrite_skipped(&route.name, skipped.label());
+    if !skipped.loses_links() {
+        return;
+    }
+    if let Some(held_back) = route.rewrite_warnings.allow() {
+        let why = match skipped {
+            rewrite::Skipped::TooLarge => "the body is larger than rewrite_body_limit",
+            _ => "the upstream compressed the body although azgate asked for identity",
+        };
+        tracing::warn!(
+            route = %route.prefix(),
+            reason = skipped.label(),
+            limit = route.config.rewrite_body_limit,
+            request_id,
+            held_back,
+            "links in a response body were not rewritten: {why}; they still point at the upstream"
+        );
+    }
 }
 
 /// What the client called azgate, for links back to it.

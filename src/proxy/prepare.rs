@@ -1,6 +1,6 @@
 //! The "prepare upstream request" phase: the client's request head becomes a template
-//! for the upstream's: new URI, hop-by-hop and client credential headers removed, route
-//! headers added, the request id set. Each attempt then builds a request from the
+//! for the upstream's: new URI, hop-by-hop and client credential headers removed, the
+//! forwarding headers set, route headers added, the request id set. Each attempt then builds a request from the
 //! template with the credential injected, so a replay can carry a fresh token.
 
 use http::request::Parts;
@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version, header};
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
+use super::forwarded::{self, ClientHop};
 use super::headers;
 use super::query;
 use super::route::Route;
@@ -28,10 +29,11 @@ pub struct UpstreamRequest {
 
 impl UpstreamRequest {
     /// Takes the client's request head (its headers are reused, not copied).
-    pub fn new(client: Parts, route: &Route, request_id: &HeaderValue) -> Self {
+    pub fn new(client: Parts, route: &Route, request_id: &HeaderValue, hop: &ClientHop) -> Self {
         let mut headers = client.headers;
         headers::remove_hop_by_hop(&mut headers);
         headers::strip_client_credentials(&mut headers);
+        forwarded::apply(&mut headers, hop, route.config.forwarded_headers);
         // The client already got its 100 Continue from azgate's own server.
         headers.remove(header::EXPECT);
         // The pooled client sets Host (or :authority) from the upstream URI.

@@ -34,6 +34,18 @@ pub enum Decision {
     Stop(&'static str),
 }
 
+/// The `reason` label of a retry after a connection failure.
+pub const CONNECTION_REASON: &str = "connection";
+
+/// The `reason` label of a retry after the upstream answered `status`.
+pub fn reason_for(status: u16) -> &'static str {
+    match status {
+        429 => "429",
+        504 => "504",
+        _ => "status",
+    }
+}
+
 /// Decides after attempt number `attempt` (1-based).
 pub fn decide(
     policy: &RetryConfig,
@@ -52,18 +64,13 @@ pub fn decide(
             if status != StatusCode::TOO_MANY_REQUESTS && !retryable_method {
                 return Decision::Stop("method is not idempotent");
             }
-            let reason = match status.as_u16() {
-                429 => "429",
-                504 => "504",
-                _ => "status",
-            };
-            (reason, requested_wait(headers))
+            (reason_for(status.as_u16()), requested_wait(headers))
         }
         Outcome::ConnectionFailed => {
             if !retryable_method {
                 return Decision::Stop("method is not idempotent");
             }
-            ("connection", None)
+            (CONNECTION_REASON, None)
         }
     };
     if attempt >= policy.max_attempts {

@@ -146,14 +146,43 @@ fn replace_at_boundaries(haystack: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<
     Some(buf)
 }
 
+/// Why a response body with `rewrite_body_links` was passed on without its links rewritten
+/// (the `reason` label of `azgate_link_rewrite_skipped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// Larger than the route's `rewrite_body_limit`: links in it still point upstream.
+    TooLarge,
+    /// Compressed although azgate asked for `identity`: links in it still point upstream.
+    Compressed,
+    /// Not JSON (and not empty): nothing to rewrite in azgate's view.
+    NotJson,
+}
+
+impl Skipped {
+    pub const ALL: [Skipped; 3] = [Skipped::TooLarge, Skipped::Compressed, Skipped::NotJson];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Skipped::TooLarge => "too_large",
+            Skipped::Compressed => "compressed",
+            Skipped::NotJson => "not_json",
+        }
+    }
+
+    /// Whether links the client needs may have been left pointing at the upstream.
+    pub fn loses_links(self) -> bool {
+        self != Skipped::NotJson
+    }
+}
+
 /// Reads a JSON response body up to `limit` bytes and rewrites its links; a larger body,
-/// a compressed one or a non-JSON one streams on unchanged. `Content-Length` is set to the
-/// rewritten length.
+/// a compressed one or a non-JSON one streams on unchanged, and says why. `Content-Length`
+/// is set to the rewritten length.
 pub async fn json_response(
     response: http::Response<super::body::ProxyBody>,
     rewriter: &LinkRewriter,
     limit: u64,
-) -> http::Response<super::body::ProxyBody> {
+) -> (http::Response<super::body::ProxyBody>, Option<Skipped>) {
     use http_body::Body;
     use http_body_util::BodyExt;
 
@@ -175,8 +204,18 @@ pub async fn json_response(
         .headers
         .get(http::header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if !is_json || encoded || body.size_hint().lower() > limit {
-        return http::Response::from_parts(parts, body);
+    let skipped = if encoded {
+        Some(Skipped::Compressed)
+    } else if !is_json {
+        // An empty body (204, HEAD) is not worth counting.
+        (body.size_hint().upper() != Some(0)).then_some(Skipped::NotJson)
+    } else if body.size_hint().lower() > limit {
+        Some(Skipped::TooLarge)
+    } else {
+        None
+    };
+    if !is_json || encoded || skipped.is_some() {
+        return (http::Response::from_parts(parts, body), skipped);
     }
     let mut chunks = std::collections::VecDeque::new();
     let mut total = 0u64;
@@ -191,7 +230,10 @@ pub async fn json_response(
                     }),
                 ));
                 let body = super::body::Prefixed::new(chunks, rest);
-                return http::Response::from_parts(parts, super::body::boxed(body));
+                return (
+                    http::Response::from_parts(parts, super::body::boxed(body)),
+                    None,
+                );
             }
         };
         match frame.into_data() {
@@ -200,7 +242,10 @@ pub async fn json_response(
                 chunks.push_back(data);
                 if total > limit {
                     let body = super::body::Prefixed::new(chunks, body);
-                    return http::Response::from_parts(parts, super::body::boxed(body));
+                    return (
+                        http::Response::from_parts(parts, super::body::boxed(body)),
+                        Some(Skipped::TooLarge),
+                    );
                 }
             }
             // JSON responses carry no trailers worth keeping once rewritten.
@@ -215,7 +260,10 @@ pub async fn json_response(
     parts
         .headers
         .insert(http::header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-    http::Response::from_parts(parts, super::body::full(out))
+    (
+        http::Response::from_parts(parts, super::body::full(out)),
+        None,
+    )
 }
 
 #[cfg(test)]

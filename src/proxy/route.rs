@@ -11,6 +11,7 @@ use super::inbound::access::KeyDigest;
 use super::retry::RetryBudget;
 use crate::config::RouteConfig;
 use crate::credentials::Credential;
+use crate::logging::LogLimiter;
 
 /// A configured route, ready to serve: its config, its credential and its upstream client.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct Route {
     pub retry_budget: RetryBudget,
     /// Digests of the inbound keys allowed on this route, when it narrows them.
     pub key_digests: Option<Vec<KeyDigest>>,
+    /// Bodies whose links could not be rewritten are logged at most once a minute.
+    pub rewrite_warnings: LogLimiter,
 }
 
 impl Route {
@@ -61,6 +64,7 @@ impl Route {
             upstream_label,
             retry_budget: RetryBudget::default(),
             key_digests,
+            rewrite_warnings: LogLimiter::new(std::time::Duration::from_secs(60)),
         }
     }
 
@@ -174,6 +178,7 @@ pub(crate) mod tests {
             set_query: Vec::new(),
             rewrite_body_links: false,
             rewrite_body_limit: 8 << 20,
+            forwarded_headers: true,
         };
         Route::new(config, None, UpstreamClient::new(None))
     }

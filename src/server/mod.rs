@@ -140,6 +140,7 @@ impl RunningServer {
         let current = self.gateway.load_full();
         let warnings = restart_needed(&current.config, &config);
         let next = Gateway::rebuild(config, &self.env, Some(&current));
+        self.telemetry.seed(&next);
         self.gateway.store(Arc::new(next));
         self.telemetry.record_reload(true);
         Ok(warnings)
@@ -199,6 +200,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
 /// Binds the listeners and starts serving in the background.
 /// Credential sources read their variables from `env`.
 pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError> {
+    config.log_warnings();
     let telemetry = Telemetry::new();
     // Before binding, so a bad certificate never leaves a port open that cannot serve.
     let tls = match &config.server.tls {
@@ -266,6 +268,7 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
     };
     let gateway = Arc::new(ArcSwap::from_pointee(Gateway::build(config, &env)));
     telemetry.attach(gateway.clone());
+    telemetry.seed(&gateway.load());
     let health = Arc::new(Health::default());
     let admin_state = Arc::new(AdminState {
         health: health.clone(),

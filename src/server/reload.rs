@@ -32,17 +32,20 @@ pub fn reload(source: &ConfigSource, running: &RunningServer) -> Result<(), Stri
         err.to_string()
     };
     match source.load() {
-        Ok(config) => match running.apply(config) {
-            Ok(warnings) => {
-                for warning in &warnings {
-                    tracing::warn!("config reloaded, but {warning}");
+        Ok(config) => {
+            config.log_warnings();
+            match running.apply(config) {
+                Ok(warnings) => {
+                    for warning in &warnings {
+                        tracing::warn!("config reloaded, but {warning}");
+                    }
+                    tracing::info!(config = %source.display_name(), "config reloaded");
+                    Ok(())
                 }
-                tracing::info!(config = %source.display_name(), "config reloaded");
-                Ok(())
+                // Valid on its own, but not on the sockets that are open (`apply` counted it).
+                Err(err) => Err(refused(err.problems.len(), &err)),
             }
-            // Valid on its own, but not on the sockets that are open (`apply` counted it).
-            Err(err) => Err(refused(err.problems.len(), &err)),
-        },
+        }
         Err(err) => {
             running.telemetry.record_reload(false);
             Err(refused(err.problems.len(), &err))

@@ -98,6 +98,12 @@ impl AccessPolicy {
         self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&canonical(addr)))
     }
 
+    /// Whether a direct peer is one of `trusted_proxies` (whose forwarding headers are
+    /// believed).
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        self.trusted(canonical(peer))
+    }
+
     fn trusted(&self, addr: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&addr))
     }

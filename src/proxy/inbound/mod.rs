@@ -24,6 +24,8 @@ pub struct Admitted {
     pub client: IpAddr,
     /// The digest of the `x-azgate-key` the client sent, if any.
     pub key: Option<KeyDigest>,
+    /// Whether the direct peer is a trusted proxy (its forwarding headers are kept).
+    pub peer_trusted: bool,
 }
 
 /// Listener-wide checks, before routing. `max_header_bytes` is `server.max_header_bytes`.
@@ -69,7 +71,11 @@ pub fn admit<B>(
     check_shape(request)?;
     path::check(request.uri().path(), true)
         .map_err(|p| ProxyError::BadRequest(p.message().into()))?;
-    Ok(Admitted { client, key })
+    Ok(Admitted {
+        client,
+        key,
+        peer_trusted: policy.is_trusted_proxy(conn.peer.ip()),
+    })
 }
 
 /// Route-specific checks, after routing: the route's own keys, encoded slashes, and a

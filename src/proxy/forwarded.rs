@@ -1,0 +1,220 @@
+//! Part of the "prepare upstream request" phase: the forwarding headers (`X-Forwarded-For`,
+//! `X-Forwarded-Proto`, `X-Forwarded-Host`, `Forwarded`, `X-Real-IP` …) the upstream sees.
+//!
+//! Anyone can write these headers, so they are believed only from a peer listed in
+//! `trusted_proxies`: from any other peer they are dropped, and azgate says what it saw
+//! itself — the peer's address, the scheme of the connection and the `Host` it was asked
+//! for. From a trusted peer its chain is kept and the peer appended, as every proxy in a
+//! chain does. A route with `forwarded_headers = false` sends none of them at all.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe the client or the hops before azgate. Only a trusted proxy's
+/// are passed on.
+static FORWARDING: [HeaderName; 7] = [
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+/// The hop azgate itself received the request on.
+#[derive(Debug, Clone)]
+pub struct ClientHop {
+    /// The direct peer: the client, or the proxy in front of azgate.
+    pub peer: IpAddr,
+    /// Whether the peer is one of `trusted_proxies`.
+    pub peer_trusted: bool,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+    /// The `Host` (or HTTP/2 `:authority`) the client asked for.
+    pub host: Option<HeaderValue>,
+}
+
+/// Sets the forwarding headers of an upstream request (see the module doc). `enabled` is
+/// the route's `forwarded_headers`.
+pub fn apply(headers: &mut HeaderMap, hop: &ClientHop, enabled: bool) {
+    if !enabled || !hop.peer_trusted {
+        // One pass over the names first: most requests carry none of these.
+        if headers.keys().any(|name| FORWARDING.contains(name)) {
+            for name in &FORWARDING {
+                headers.remove(name);
+            }
+        }
+        if !enabled {
+            return;
+        }
+    }
+    let peer = canonical(hop.peer).to_string();
+    let chain: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .collect();
+    let forwarded_for = if chain.is_empty() {
+        peer
+    } else {
+        format!("{}, {peer}", chain.join(", "))
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    // A trusted proxy in front knows the scheme and host the client used; keep them.
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        let proto = if hop.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key(X_FORWARDED_HOST)
+        && let Some(host) = &hop.host
+    {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (dual-stack sockets) are written as the IPv4 address.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(peer: &str, trusted: bool, tls: bool, host: Option<&'static str>) -> ClientHop {
+        ClientHop {
+            peer: peer.parse().unwrap(),
+            peer_trusted: trusted,
+            tls,
+            host: host.map(HeaderValue::from_static),
+        }
+    }
+
+    fn lines(h: &HeaderMap) -> Vec<String> {
+        let mut out: Vec<String> = h
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn table() {
+        let spoofed: &[(&str, &str)] = &[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("forwarded", "for=1.2.3.4;proto=https"),
+            ("x-real-ip", "1.2.3.4"),
+            ("accept", "*/*"),
+        ];
+        type Case<'a> = (ClientHop, bool, &'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            // An untrusted client: everything it claims is dropped, azgate says what it saw.
+            (
+                hop("192.0.2.7", false, false, Some("gw.local:8080")),
+                true,
+                spoofed,
+                &[
+                    "accept: */*",
+                    "x-forwarded-for: 192.0.2.7",
+                    "x-forwarded-host: gw.local:8080",
+                    "x-forwarded-proto: http",
+                ],
+            ),
+            // Over TLS, no Host (cannot happen over HTTP/1.1, but nothing is made up).
+            (
+                hop("2001:db8::1", false, true, None),
+                true,
+                &[],
+                &["x-forwarded-for: 2001:db8::1", "x-forwarded-proto: https"],
+            ),
+            // A dual-stack socket's mapped address is written as IPv4.
+            (
+                hop("::ffff:10.0.0.9", false, false, Some("h")),
+                true,
+                &[],
+                &[
+                    "x-forwarded-for: 10.0.0.9",
+                    "x-forwarded-host: h",
+                    "x-forwarded-proto: http",
+                ],
+            ),
+            // A trusted proxy: its chain is kept (several lines joined) and the peer
+            // appended; its Proto and Host win; its other headers pass.
+            (
+                hop("10.0.0.5", true, false, Some("gw.internal")),
+                true,
+                &[
+                    ("x-forwarded-for", "203.0.113.7, 198.51.100.2"),
+                    ("x-forwarded-for", "10.0.0.4"),
+                    ("x-forwarded-proto", "https"),
+                    ("x-forwarded-host", "api.contoso.com"),
+                    ("x-real-ip", "203.0.113.7"),
+                ],
+                &[
+                    "x-forwarded-for: 203.0.113.7, 198.51.100.2, 10.0.0.4, 10.0.0.5",
+                    "x-forwarded-host: api.contoso.com",
+                    "x-forwarded-proto: https",
+                    "x-real-ip: 203.0.113.7",
+                ],
+            ),
+            // A trusted proxy that sent nothing: azgate fills in what it saw.
+            (
+                hop("10.0.0.5", true, true, Some("gw.internal")),
+                true,
+                &[],
+                &[
+                    "x-forwarded-for: 10.0.0.5",
+                    "x-forwarded-host: gw.internal",
+                    "x-forwarded-proto: https",
+                ],
+            ),
+            // Switched off on the route: none reach the upstream, trusted or not.
+            (
+                hop("192.0.2.7", false, false, Some("h")),
+                false,
+                spoofed,
+                &["accept: */*"],
+            ),
+            (
+                hop("10.0.0.5", true, false, Some("h")),
+                false,
+                &[("x-forwarded-for", "203.0.113.7"), ("forwarded", "for=x")],
+                &[],
+            ),
+        ];
+        for (hop, enabled, input, want) in cases {
+            let mut h = HeaderMap::new();
+            for (k, v) in *input {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_static(v),
+                );
+            }
+            apply(&mut h, hop, *enabled);
+            assert_eq!(
+                lines(&h),
+                want.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{hop:?} enabled={enabled} {input:?}"
+            );
+        }
+    }
+}
