@@ -6,12 +6,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, VendRouteConfig};
+use crate::credentials::video_indexer::ViewerTokens;
 use crate::credentials::{Credential, CredentialSet};
 use crate::env::Env;
 use crate::proxy::forward::UpstreamClient;
 use crate::proxy::inbound::access::AccessPolicy;
 use crate::proxy::route::{Route, Router};
+use crate::proxy::vend::VendRoute;
 
 #[derive(Debug)]
 pub struct Gateway {
@@ -62,13 +64,51 @@ impl Gateway {
                 Route::new(route.clone(), credential, client)
             })
             .collect();
+        let vending = config
+            .vend_routes
+            .iter()
+            .map(|route| {
+                let tokens = Self::viewer_tokens(route, &credentials, previous);
+                VendRoute::new(route.clone(), tokens)
+            })
+            .collect();
         Self {
             config: Arc::new(config),
-            router: Router::new(routes),
+            router: Router::with_vending(routes, vending),
             credentials,
             access,
             admin_access,
         }
+    }
+
+    /// A vending route's token cache: the previous gateway's when neither the route nor
+    /// its credential changed (a reload keeps the cached tokens), else a new one.
+    fn viewer_tokens(
+        route: &VendRouteConfig,
+        credentials: &CredentialSet,
+        previous: Option<&Gateway>,
+    ) -> Option<Arc<ViewerTokens>> {
+        let source = credentials
+            .get(&route.credential)?
+            .video_indexer()?
+            .source();
+        let kept = previous
+            .and_then(|previous| {
+                previous
+                    .router
+                    .vend_routes()
+                    .find(|old| old.config == *route)
+                    .and_then(|old| old.tokens.clone())
+            })
+            // The same credential object: rebuilt credentials mean other tokens.
+            .filter(|tokens| Arc::ptr_eq(tokens.source(), source));
+        Some(kept.unwrap_or_else(|| {
+            Arc::new(ViewerTokens::new(
+                source.clone(),
+                route.max_entries,
+                route.max_concurrent_fetches,
+            ))
+        }))
     }
 
     /// The credentials `/readyz` follows: `admin.ready_requires` when set, else every
@@ -90,13 +130,19 @@ impl Gateway {
         self.named(names.into_iter())
     }
 
+    /// The credentials routes use: forwarding routes' `credential`, vending routes' `vend`.
     fn route_credentials(&self) -> Vec<&Arc<Credential>> {
-        self.named(
-            self.config
-                .routes
-                .iter()
-                .filter_map(|route| route.credential.as_deref()),
-        )
+        let forwarding = self
+            .config
+            .routes
+            .iter()
+            .filter_map(|route| route.credential.as_deref());
+        let vending = self
+            .config
+            .vend_routes
+            .iter()
+            .map(|route| route.credential.as_str());
+        self.named(forwarding.chain(vending))
     }
 
     fn named<'a>(&self, names: impl Iterator<Item = &'a str>) -> Vec<&Arc<Credential>> {

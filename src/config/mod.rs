@@ -17,6 +17,7 @@ mod single;
 pub mod tls;
 mod units;
 mod validate;
+mod vend;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ pub use error::{ConfigError, Problem};
 pub use server::{exposed_admin, exposed_proxy};
 pub use single::{CredentialSubset, parse_credential};
 pub use units::{parse_duration, parse_size};
+pub use vend::VendRouteConfig;
 
 /// The configuration used when no file is given: ARM through the `default` credential, so
 /// that after `az login` a bare `azgate serve` serves `/arm`.
@@ -64,8 +66,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Credentials by name.
     pub credentials: BTreeMap<String, CredentialConfig>,
-    /// Routes in file order; the router picks the longest matching prefix.
+    /// Forwarding routes in file order; the router picks the longest matching prefix.
     pub routes: Vec<RouteConfig>,
+    /// Token vending routes (`vend`), in file order; matched with the forwarding routes.
+    pub vend_routes: Vec<VendRouteConfig>,
     /// `[retry]`: the defaults routes start from.
     pub retry: RetryConfig,
     /// Things that work but probably not as meant (an allow-list of every address, no
@@ -416,6 +420,9 @@ pub struct RouteConfig {
     /// Send `X-Forwarded-For`/`-Proto`/`-Host` upstream (default true); false sends no
     /// forwarding headers at all. Clients' own are believed only from `trusted_proxies`.
     pub forwarded_headers: bool,
+    /// Video Indexer routes: requests under `…/Videos/{id}/…` or `…/Projects/{id}/…` get
+    /// a token scoped to that video or project instead of the account token.
+    pub scoped_tokens: bool,
 }
 
 /// When and how a route retries.

@@ -109,6 +109,19 @@ pub struct RawRoute {
     pub rewrite_body_links: Option<bool>,
     pub rewrite_body_limit: Option<String>,
     pub forwarded_headers: Option<bool>,
+    pub scoped_tokens: Option<bool>,
+    pub vend: Option<String>,
+    pub max_entries: Option<u64>,
+    pub max_concurrent_fetches: Option<usize>,
+    pub embed_url: Option<String>,
+    pub cors: Option<RawCors>,
+}
+
+/// `[routes.cors]` of a vending route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawCors {
+    pub allow_origins: Option<Vec<String>>,
 }
 
 /// Deserialises one section, recording unknown keys (with the valid keys of their table,

@@ -1,5 +1,6 @@
 //! `[[routes]]` -> `RouteConfig`: prefixes, upstream URLs, credential references, method
-//! lists, extra headers, timeouts and private CA files.
+//! lists, extra headers, timeouts and private CA files. A route with `vend` becomes a
+//! `VendRouteConfig` instead (`vend.rs`); prefixes are unique across both kinds.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -13,6 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use super::error::{Problems, join};
 use super::presets::{self, Preset};
 use super::raw::{self, RawRoute};
+use super::vend::{self, VendRouteConfig};
 use super::{CaRoots, RetryConfig, RouteConfig, units};
 use crate::secret::Secret;
 
@@ -40,51 +42,157 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-azgate-key",
 ];
 
+/// Forwarding routes and vending routes, in file order.
+pub type Validated = (Vec<RouteConfig>, Vec<VendRouteConfig>);
+
+/// The credentials routes may name: every declared one, and those of type `video_indexer`
+/// (declared, valid or not: a broken credential is reported at its own path).
+#[derive(Clone, Copy)]
+pub struct Known<'a> {
+    pub credentials: &'a [&'a str],
+    pub video_indexers: &'a [&'a str],
+}
+
+impl Known<'_> {
+    /// A route option that needs a `video_indexer` credential names one (or an unknown
+    /// name, reported elsewhere).
+    fn needs_video_indexer(&self, name: &str, at: String, what: &str, problems: &mut Problems) {
+        if self.credentials.contains(&name) && !self.video_indexers.contains(&name) {
+            problems.push(
+                at,
+                format!("{what} needs a video_indexer credential; \"{name}\" is another type"),
+            );
+        }
+    }
+}
+
 pub fn validate_all(
     values: Vec<toml::Value>,
-    credentials: &[&str],
+    known: Known<'_>,
     retry: &RetryConfig,
     server_keys: &[Secret],
     base_dir: &Path,
     problems: &mut Problems,
-) -> Vec<RouteConfig> {
-    let mut routes = Vec::new();
+) -> Validated {
+    let (mut routes, mut vending) = (Vec::new(), Vec::new());
     let mut seen = HashSet::new();
     for (i, value) in values.into_iter().enumerate() {
         let path = format!("routes[{i}]");
-        let Some(raw) = raw::section::<RawRoute>(value, &path, problems) else {
+        let Some(mut raw) = raw::section::<RawRoute>(value, &path, problems) else {
             continue;
         };
-        if let Some(route) = validate_one(
-            raw,
-            &path,
-            credentials,
-            retry,
-            server_keys,
-            base_dir,
-            problems,
-        ) {
-            if !seen.insert(route.prefix.clone()) {
-                problems.push(
-                    join(&path, "prefix"),
-                    format!("prefix \"{}\" is used by an earlier route", route.prefix),
-                );
+        let prefix = match raw.vend.take() {
+            Some(credential) => {
+                { validate_vending(raw, credential, &path, known, server_keys, problems) }.map(
+                    |route| {
+                        let prefix = route.prefix.clone();
+                        vending.push(route);
+                        prefix
+                    },
+                )
             }
-            routes.push(route);
+            None => validate_one(raw, &path, known, retry, server_keys, base_dir, problems).map(
+                |route| {
+                    let prefix = route.prefix.clone();
+                    routes.push(route);
+                    prefix
+                },
+            ),
+        };
+        if let Some(prefix) = prefix
+            && !seen.insert(prefix.clone())
+        {
+            problems.push(
+                join(&path, "prefix"),
+                format!("prefix \"{prefix}\" is used by an earlier route"),
+            );
         }
     }
-    routes
+    (routes, vending)
+}
+
+fn validate_vending(
+    raw: RawRoute,
+    credential: String,
+    path: &str,
+    known: Known<'_>,
+    server_keys: &[Secret],
+    problems: &mut Problems,
+) -> Option<VendRouteConfig> {
+    known_credential(
+        &credential,
+        known.credentials,
+        &join(path, "vend"),
+        problems,
+    );
+    known.needs_video_indexer(&credential, join(path, "vend"), "vend", problems);
+    let prefix = route_prefix(raw.prefix.as_deref(), path, problems);
+    let api_keys = route_keys(raw.api_keys.as_deref(), server_keys, path, problems);
+    let route = vend::validate(&raw, credential, prefix?, api_keys, path, problems);
+    Some(route)
+}
+
+/// The normalised prefix, or the problem recorded.
+fn route_prefix(raw: Option<&str>, path: &str, problems: &mut Problems) -> Option<String> {
+    match raw {
+        Some(text) => prefix(text)
+            .map_err(|m| problems.push(join(path, "prefix"), m))
+            .ok(),
+        None => {
+            problems.missing(join(path, "prefix"), "missing key");
+            None
+        }
+    }
+}
+
+/// `api_keys`: each must be one of the listener's keys.
+fn route_keys(
+    keys: Option<&[String]>,
+    server_keys: &[Secret],
+    path: &str,
+    problems: &mut Problems,
+) -> Option<Vec<Secret>> {
+    keys.map(|keys| {
+        let mut out = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            if server_keys.iter().any(|k| k.expose() == key) {
+                out.push(Secret::new(key.clone()));
+            } else {
+                problems.push(
+                    format!("{}[{i}]", join(path, "api_keys")),
+                    "not one of server.inbound.api_keys (value not shown)",
+                );
+            }
+        }
+        out
+    })
+}
+
+/// A credential reference (`credential`, `vend`) must name a declared credential.
+fn known_credential(name: &str, credentials: &[&str], at: &str, problems: &mut Problems) {
+    if credentials.contains(&name) {
+        return;
+    }
+    let mut message = match credentials {
+        [] => format!("unknown credential \"{name}\"; known: none"),
+        known => format!("unknown credential \"{name}\"; known: {}", known.join(", ")),
+    };
+    if let Some(near) = super::error::did_you_mean(name, credentials.iter().copied()) {
+        message.push_str(&format!("; did you mean \"{near}\"?"));
+    }
+    problems.push(at, message);
 }
 
 fn validate_one(
     mut raw: RawRoute,
     path: &str,
-    credentials: &[&str],
+    known: Known<'_>,
     retry: &RetryConfig,
     server_keys: &[Secret],
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Option<RouteConfig> {
+    vend::vending_keys_without_vend(&raw, path, problems);
     // The key an upstream problem is reported at: the one the user wrote.
     let mut upstream_key = "upstream";
     let preset = match raw.preset.as_deref() {
@@ -155,15 +263,7 @@ fn validate_one(
         },
         None => DEFAULT_REWRITE_LIMIT,
     };
-    let prefix = match raw.prefix {
-        Some(text) => prefix(&text)
-            .map_err(|m| problems.push(join(path, "prefix"), m))
-            .ok(),
-        None => {
-            problems.missing(join(path, "prefix"), "missing key");
-            None
-        }
-    };
+    let prefix = route_prefix(raw.prefix.as_deref(), path, problems);
     let upstream = match raw.upstream {
         Some(text) => upstream(&text)
             .map_err(|m| problems.push(join(path, upstream_key), m))
@@ -173,17 +273,22 @@ fn validate_one(
             None
         }
     };
-    if let Some(name) = &raw.credential
-        && !credentials.contains(&name.as_str())
-    {
-        let mut message = match credentials {
-            [] => format!("unknown credential \"{name}\"; known: none"),
-            known => format!("unknown credential \"{name}\"; known: {}", known.join(", ")),
-        };
-        if let Some(near) = super::error::did_you_mean(name, credentials.iter().copied()) {
-            message.push_str(&format!("; did you mean \"{near}\"?"));
+    if let Some(name) = &raw.credential {
+        known_credential(name, known.credentials, &join(path, "credential"), problems);
+    }
+    if raw.scoped_tokens == Some(true) {
+        match &raw.credential {
+            Some(name) => known.needs_video_indexer(
+                name,
+                join(path, "scoped_tokens"),
+                "scoped_tokens",
+                problems,
+            ),
+            None => problems.push(
+                join(path, "scoped_tokens"),
+                "needs a video_indexer `credential` on the route",
+            ),
         }
-        problems.push(join(path, "credential"), message);
     }
     let methods = raw
         .methods
@@ -231,20 +336,7 @@ fn validate_one(
         },
         None => DEFAULT_MAX_BODY,
     };
-    let api_keys = raw.api_keys.as_ref().map(|keys| {
-        let mut out = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            if server_keys.iter().any(|k| k.expose() == key) {
-                out.push(Secret::new(key.clone()));
-            } else {
-                problems.push(
-                    format!("{}[{i}]", join(path, "api_keys")),
-                    "not one of server.inbound.api_keys (value not shown)",
-                );
-            }
-        }
-        out
-    });
+    let api_keys = route_keys(raw.api_keys.as_deref(), server_keys, path, problems);
     let ca_roots = raw.ca_file.and_then(|file| {
         ca_roots(&file, base_dir)
             .map_err(|m| problems.push(join(path, "ca_file"), m))
@@ -271,6 +363,7 @@ fn validate_one(
         rewrite_body_links: raw.rewrite_body_links.unwrap_or(false),
         rewrite_body_limit,
         forwarded_headers: raw.forwarded_headers.unwrap_or(true),
+        scoped_tokens: raw.scoped_tokens.unwrap_or(false),
     })
 }
 

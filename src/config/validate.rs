@@ -63,6 +63,14 @@ pub fn validate(
     // reported once, at its own path, not again at every route that uses it.
     let declared: Vec<String> = credential_tables.keys().cloned().collect();
     let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
+    let video_indexers: Vec<String> = credential_tables
+        .iter()
+        .filter(|(_, table)| {
+            table.get("type").and_then(toml::Value::as_str) == Some("video_indexer")
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    let video_indexers: Vec<&str> = video_indexers.iter().map(String::as_str).collect();
     let mut admin = validate_admin(admin, base_dir, problems);
     admin.ready_requires = ready_requires.map(|names| known_names(names, &declared, problems));
     // Caught here, not by `serve`'s "Address already in use", which blames another process.
@@ -82,9 +90,12 @@ pub fn validate(
     let credentials =
         credentials::validate_all(credential_tables, &preset_audiences, base_dir, problems);
     let retry = retry::resolve(&raw_retry, &RetryConfig::default(), "retry", problems);
-    let routes = routes::validate_all(
+    let (routes, vend_routes) = routes::validate_all(
         route_values,
-        &declared,
+        routes::Known {
+            credentials: &declared,
+            video_indexers: &video_indexers,
+        },
         &retry,
         &server.inbound.api_keys,
         base_dir,
@@ -98,6 +109,7 @@ pub fn validate(
         log,
         credentials: credentials.into_iter().collect::<BTreeMap<_, _>>(),
         routes,
+        vend_routes,
         retry,
         warnings: Vec::new(),
     })

@@ -7,8 +7,9 @@
 //!
 //! `Proxy::handle` is the whole path for one request; each phase is a named function in
 //! its own module. In the route phase, a Video Indexer route answers the classic auth
-//! calls of legacy tools itself (`vi_auth`) instead of forwarding them. Errors of any
-//! phase become a response in `error::respond`, and only there.
+//! calls of legacy tools itself (`vi_auth`) instead of forwarding them, and a vending
+//! route (`vend`) answers with viewer tokens. Errors of any phase become a response in
+//! `error::respond`, and only there.
 
 pub mod access_log;
 pub mod body;
@@ -24,6 +25,7 @@ pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod send;
+pub mod vend;
 pub mod vi_auth;
 
 use std::net::SocketAddr;
@@ -95,6 +97,8 @@ impl Proxy {
         );
         log.client_subject = conn.client_subject.clone();
         log.telemetry = Some((self.telemetry.clone(), self.telemetry.inflight()));
+        // Headers every answer of the route carries, errors included (CORS).
+        let mut extra = Vec::new();
 
         let (mut response, idle_limit) = match forward(
             request,
@@ -103,6 +107,7 @@ impl Proxy {
             &self.telemetry,
             &request_id,
             &mut log,
+            &mut extra,
         )
         .await
         {
@@ -116,6 +121,9 @@ impl Proxy {
         response
             .headers_mut()
             .insert(headers::CLIENT_REQUEST_ID, request_id);
+        for (name, value) in extra {
+            response.headers_mut().append(name, value);
+        }
         if log.attempts > 1 {
             response
                 .headers_mut()
@@ -135,6 +143,7 @@ async fn forward(
     telemetry: &Telemetry,
     request_id: &HeaderValue,
     log: &mut AccessLog,
+    extra: &mut Vec<(http::HeaderName, HeaderValue)>,
 ) -> Result<(Response<ProxyBody>, std::time::Duration), ProxyError> {
     // inbound check
     let max_header_bytes = gateway.config.server.max_header_bytes;
@@ -142,13 +151,31 @@ async fn forward(
     log.client = Some(admitted.client);
 
     // route
-    let route =
+    let matched =
         gateway
             .router
             .route(request.uri().path())
             .ok_or_else(|| ProxyError::RouteNotFound {
                 path: request.uri().path().to_string(),
             })?;
+    let route = match matched {
+        route::Matched::Forward(route) => route,
+        // A vending route answers itself with a viewer token (vend.rs).
+        route::Matched::Vend(vending) => {
+            log.route = Some(vending.name.clone());
+            *extra = vending.cors(request.headers());
+            inbound::admit_keys(&admitted, vending.key_digests.as_deref(), vending.prefix())?;
+            let response = vend::answer(
+                vending,
+                request.method(),
+                request.uri().path(),
+                request.headers(),
+                telemetry,
+            )
+            .await?;
+            return Ok((response, gateway.config.server.body_idle_timeout));
+        }
+    };
     log.route = Some(route.name.clone());
     route.check_method(request.method())?;
     inbound::admit_to_route(&request, &admitted, route)?;

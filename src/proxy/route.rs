@@ -9,6 +9,7 @@ use super::error::ProxyError;
 use super::forward::UpstreamClient;
 use super::inbound::access::KeyDigest;
 use super::retry::RetryBudget;
+use super::vend::VendRoute;
 use crate::config::RouteConfig;
 use crate::credentials::Credential;
 use crate::logging::LogLimiter;
@@ -119,32 +120,75 @@ impl Route {
     }
 }
 
+/// What a request path matched: a forwarding route or a vending route.
+#[derive(Debug, Clone, Copy)]
+pub enum Matched<'a> {
+    Forward(&'a Arc<Route>),
+    Vend(&'a Arc<VendRoute>),
+}
+
 /// Routes ordered longest prefix first, so the first match is the most specific.
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<Arc<Route>>,
+    vending: Vec<Arc<VendRoute>>,
+    /// (prefix, index): `Ok` into `routes`, `Err` into `vending`; longest prefix first.
+    order: Vec<(usize, Result<usize, usize>)>,
 }
 
 impl Router {
     pub fn new(routes: Vec<Route>) -> Self {
-        let mut routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
-        routes.sort_by_key(|r| std::cmp::Reverse(r.config.prefix.len()));
-        Self { routes }
+        Self::with_vending(routes, Vec::new())
+    }
+
+    pub fn with_vending(routes: Vec<Route>, vending: Vec<VendRoute>) -> Self {
+        let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
+        let vending: Vec<Arc<VendRoute>> = vending.into_iter().map(Arc::new).collect();
+        let mut order: Vec<(usize, Result<usize, usize>)> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.config.prefix.len(), Ok(i)))
+            .chain(
+                vending
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.config.prefix.len(), Err(i))),
+            )
+            .collect();
+        order.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+        Self {
+            routes,
+            vending,
+            order,
+        }
     }
 
     /// The route for `path`, matched on whole segments: `/vi` matches `/vi` and `/vi/x`,
     /// not `/video`.
-    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
+    pub fn route(&self, path: &str) -> Option<Matched<'_>> {
         if !path.starts_with('/') {
             return None;
         }
-        self.routes
-            .iter()
-            .find(|r| segment_match(&r.config.prefix, path))
+        self.order.iter().find_map(|(_, index)| match *index {
+            Ok(i) => {
+                let route = &self.routes[i];
+                segment_match(&route.config.prefix, path).then_some(Matched::Forward(route))
+            }
+            Err(i) => {
+                let route = &self.vending[i];
+                segment_match(&route.config.prefix, path).then_some(Matched::Vend(route))
+            }
+        })
     }
 
+    /// The forwarding routes.
     pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.routes.iter()
+    }
+
+    /// The vending routes.
+    pub fn vend_routes(&self) -> impl Iterator<Item = &Arc<VendRoute>> {
+        self.vending.iter()
     }
 }
 
@@ -179,6 +223,7 @@ pub(crate) mod tests {
             rewrite_body_links: false,
             rewrite_body_limit: 8 << 20,
             forwarded_headers: true,
+            scoped_tokens: false,
         };
         Route::new(config, None, UpstreamClient::new(None))
     }
@@ -202,7 +247,11 @@ pub(crate) mod tests {
             ("/other", "/"),
         ];
         for (path, want) in cases {
-            assert_eq!(router.route(path).map(|r| r.prefix()), Some(want), "{path}");
+            let got = router.route(path).map(|m| match m {
+                Matched::Forward(r) => r.prefix(),
+                Matched::Vend(r) => r.prefix(),
+            });
+            assert_eq!(got, Some(want), "{path}");
         }
         let no_root = Router::new(vec![route("/vi", "http://vi", true)]);
         assert!(no_root.route("/video").is_none());

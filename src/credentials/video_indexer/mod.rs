@@ -9,11 +9,13 @@
 //! The account token at the credential's own level sits in the credential's `TokenCache`
 //! (`AccountToken` is its source; `mod.rs` one level up puts it in the query or a bearer
 //! header). Narrower tokens — a project, a video, or without edit rights — are fetched by
-//! the same `VideoIndexer` and kept in `scoped.rs`'s keyed cache. Wire formats: `wire.rs`.
+//! the same `VideoIndexer` and kept in `scoped.rs`'s keyed cache; the read-only tokens a
+//! vending route hands to browsers are kept in `viewer.rs`'s. Wire formats: `wire.rs`.
 
 mod scoped;
 #[cfg(test)]
 mod tests;
+mod viewer;
 mod wire;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use super::token::{FetchError, FetchFuture, Token, TokenSource, http_client, rem
 use crate::config::{VideoIndexerAuth, VideoIndexerConfig};
 use crate::secret::Secret;
 pub use scoped::{Scope, ScopedTokens, valid_id};
+pub use viewer::{Outcome, Viewer, ViewerTokens, expires_on, is_refusal};
 use wire::{
     CALL_TIMEOUT, abbreviate, arm_access_token, classic_token, jwt_expiry, read, redact, segment,
     transport_error,
@@ -66,6 +69,8 @@ struct Arm {
     management_url: String,
     /// The full `generateAccessToken` URL, query included.
     url: String,
+    /// The full `generateRestrictedViewerAccessToken` URL, query included.
+    viewer_url: String,
     account_name: String,
     permission: String,
 }
@@ -97,12 +102,19 @@ impl VideoIndexer {
                 credential: credential.clone(),
                 cache: arm,
                 management_url: config.management_url.clone(),
-                url: format!(
-                    "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.VideoIndexer/accounts/{}/generateAccessToken?api-version={ARM_API_VERSION}",
-                    config.management_url.trim_end_matches('/'),
-                    segment(subscription_id),
-                    segment(resource_group),
-                    segment(account_name),
+                url: arm_action(
+                    config,
+                    subscription_id,
+                    resource_group,
+                    account_name,
+                    "generateAccessToken",
+                ),
+                viewer_url: arm_action(
+                    config,
+                    subscription_id,
+                    resource_group,
+                    account_name,
+                    "generateRestrictedViewerAccessToken",
                 ),
                 account_name: account_name.clone(),
                 permission: permission.clone(),
@@ -144,6 +156,25 @@ impl VideoIndexer {
         };
         let expires_in = jwt_expiry(&value).map_or(DEFAULT_LIFETIME, remaining);
         Token::new(value, expires_in)
+    }
+
+    /// A read-only token for `scope` to hand to a browser: a restricted viewer token on ARM
+    /// accounts, an `allowEdit=false` token on classic ones. Never edit rights, whatever
+    /// the credential's permission.
+    pub async fn fetch_viewer(&self, scope: &Scope) -> Result<Token, FetchError> {
+        let client = self.client.as_ref().map_err(Clone::clone)?;
+        let value = match &self.account {
+            Account::Classic(classic) => classic.fetch(client, scope, false).await?,
+            Account::Arm(arm) => arm.fetch_viewer(client, scope).await?,
+        };
+        let expires_in = jwt_expiry(&value).map_or(DEFAULT_LIFETIME, remaining);
+        Token::new(value, expires_in)
+    }
+
+    /// Whether tokens come from ARM (restricted viewer tokens) rather than the classic
+    /// auth endpoint.
+    pub fn is_arm(&self) -> bool {
+        matches!(self.account, Account::Arm(_))
     }
 
     fn describe(&self) -> String {
@@ -221,6 +252,48 @@ impl Arm {
         scope: &Scope,
         edit: bool,
     ) -> Result<String, FetchError> {
+        let permission = if edit { "Contributor" } else { "Reader" };
+        let body = match scope {
+            Scope::Account => serde_json::json!({"permissionType": permission, "scope": "Account"}),
+            Scope::Project(id) => serde_json::json!(
+                {"permissionType": permission, "scope": "Project", "projectId": id}
+            ),
+            Scope::Video(id) => {
+                serde_json::json!({"permissionType": permission, "scope": "Video", "videoId": id})
+            }
+        };
+        self.post(client, &self.url, &body, "ARM generateAccessToken")
+            .await
+    }
+
+    /// `generateRestrictedViewerAccessToken`: the body names the scope and its id only.
+    async fn fetch_viewer(
+        &self,
+        client: &reqwest::Client,
+        scope: &Scope,
+    ) -> Result<String, FetchError> {
+        let body = match scope {
+            Scope::Account => serde_json::json!({"scope": "Account"}),
+            Scope::Project(id) => serde_json::json!({"scope": "Project", "projectId": id}),
+            Scope::Video(id) => serde_json::json!({"scope": "Video", "videoId": id}),
+        };
+        self.post(
+            client,
+            &self.viewer_url,
+            &body,
+            "ARM generateRestrictedViewerAccessToken",
+        )
+        .await
+    }
+
+    /// POSTs `body` to `url` with the ARM credential's token; the answer's `accessToken`.
+    async fn post(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        body: &serde_json::Value,
+        what: &str,
+    ) -> Result<String, FetchError> {
         let cache = self.cache.as_ref().ok_or_else(|| {
             FetchError::new(format!(
                 "the ARM credential \"{}\" was not built (it must be an Entra ID token credential)",
@@ -234,29 +307,37 @@ impl Arm {
                 self.credential, e.message
             ))
         })?;
-        let permission = if edit { "Contributor" } else { "Reader" };
-        let body = match scope {
-            Scope::Account => serde_json::json!({"permissionType": permission, "scope": "Account"}),
-            Scope::Project(id) => serde_json::json!(
-                {"permissionType": permission, "scope": "Project", "projectId": id}
-            ),
-            Scope::Video(id) => {
-                serde_json::json!({"permissionType": permission, "scope": "Video", "videoId": id})
-            }
-        };
         let response = client
-            .post(&self.url)
+            .post(url)
             .header(header::AUTHORIZATION, arm_token.bearer.clone())
-            .json(&body)
+            .json(body)
             .send()
             .await
-            .map_err(|e| transport_error("ARM generateAccessToken", &e))?;
-        let (status, headers, body) = read(response, "ARM generateAccessToken").await?;
+            .map_err(|e| transport_error(what, &e))?;
+        let (status, headers, body) = read(response, what).await?;
         if status == StatusCode::UNAUTHORIZED {
             // ARM refused the token itself (revoked, or expired early): the next attempt
             // should not present it again.
             cache.reject(&arm_token);
         }
-        arm_access_token(status, &headers, &body).map_err(|e| redact(e, arm_token.value.expose()))
+        arm_access_token(status, &headers, &body, what)
+            .map_err(|e| redact(e, arm_token.value.expose()))
     }
+}
+
+/// `{management_url}/subscriptions/…/accounts/{name}/{action}?api-version=…`.
+fn arm_action(
+    config: &VideoIndexerConfig,
+    subscription_id: &str,
+    resource_group: &str,
+    account_name: &str,
+    action: &str,
+) -> String {
+    format!(
+        "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.VideoIndexer/accounts/{}/{action}?api-version={ARM_API_VERSION}",
+        config.management_url.trim_end_matches('/'),
+        segment(subscription_id),
+        segment(resource_group),
+        segment(account_name),
+    )
 }

@@ -102,6 +102,11 @@ impl ScopedTokens {
         }
     }
 
+    /// The Video Indexer account and how its tokens are bought.
+    pub fn source(&self) -> &Arc<VideoIndexer> {
+        &self.source
+    }
+
     /// The account's location (`trial` or a region).
     pub fn location(&self) -> &str {
         self.source.location()

@@ -58,29 +58,29 @@ pub(super) fn arm_access_token(
     status: StatusCode,
     headers: &HeaderMap,
     body: &str,
+    what: &str,
 ) -> Result<String, FetchError> {
     if !status.is_success() {
         let json: Value = serde_json::from_str(body).unwrap_or_default();
         let kind = json["error"]["code"].as_str();
         let message = json["error"]["message"].as_str();
         let detail = detail(kind, message, body);
-        return Err(FetchError::new(format!(
-            "ARM generateAccessToken answered {}: {detail}",
-            status.as_u16()
-        ))
-        .with_retry_after(retry_after(headers))
-        .with_status(status.as_u16()));
+        return Err(
+            FetchError::new(format!("{what} answered {}: {detail}", status.as_u16()))
+                .with_retry_after(retry_after(headers))
+                .with_status(status.as_u16()),
+        );
     }
     let parsed = serde_json::from_str::<Value>(body).ok();
     match parsed.as_ref().map(|json| &json["accessToken"]) {
         Some(Value::String(token)) if !token.is_empty() => Ok(token.clone()),
         Some(Value::Null) | None => Err(FetchError::new(format!(
-            "ARM generateAccessToken answered {} with {} and no accessToken",
+            "{what} answered {} with {} and no accessToken",
             status.as_u16(),
             shape(parsed.as_ref(), body)
         ))),
         Some(_) => Err(FetchError::new(format!(
-            "ARM generateAccessToken answered {} with an accessToken that is not a non-empty string",
+            "{what} answered {} with an accessToken that is not a non-empty string",
             status.as_u16()
         ))),
     }
@@ -377,7 +377,13 @@ mod tests {
             "Video Indexer answered 429: USER_THROTTLED: Too many requests."
         );
         assert_eq!(err.retry_after, Some(Duration::from_secs(120)));
-        let err = arm_access_token(StatusCode::TOO_MANY_REQUESTS, &retry_in("7"), "").unwrap_err();
+        let err = arm_access_token(
+            StatusCode::TOO_MANY_REQUESTS,
+            &retry_in("7"),
+            "",
+            "ARM generateAccessToken",
+        )
+        .unwrap_err();
         assert_eq!(err.retry_after, Some(Duration::from_secs(7)));
     }
 
@@ -385,7 +391,13 @@ mod tests {
     fn arm_answers() {
         let none = HeaderMap::new();
         assert_eq!(
-            arm_access_token(StatusCode::OK, &none, r#"{"accessToken":"eyJ.x.y"}"#).unwrap(),
+            arm_access_token(
+                StatusCode::OK,
+                &none,
+                r#"{"accessToken":"eyJ.x.y"}"#,
+                "ARM generateAccessToken"
+            )
+            .unwrap(),
             "eyJ.x.y"
         );
         let cases = [
@@ -438,7 +450,9 @@ mod tests {
         for (status, body, want) in cases {
             let status = StatusCode::from_u16(status).unwrap();
             assert_eq!(
-                arm_access_token(status, &none, body).unwrap_err().message,
+                arm_access_token(status, &none, body, "ARM generateAccessToken")
+                    .unwrap_err()
+                    .message,
                 want
             );
         }

@@ -80,23 +80,34 @@ pub fn admit<B>(
 
 /// Route-specific checks, after routing: the route's own keys, encoded slashes, and a
 /// declared body size over the route's limit.
+/// A route that narrows the inbound keys (`api_keys`) admits only those.
+pub fn admit_keys(
+    admitted: &Admitted,
+    keys: Option<&[access::KeyDigest]>,
+    prefix: &str,
+) -> Result<(), ProxyError> {
+    let Some(keys) = keys else {
+        return Ok(());
+    };
+    let allowed = admitted
+        .key
+        .as_ref()
+        .is_some_and(|k| access::key_matches(k, keys));
+    if allowed {
+        Ok(())
+    } else {
+        Err(ProxyError::Forbidden(format!(
+            "this proxy key may not use the route {prefix}"
+        )))
+    }
+}
+
 pub fn admit_to_route<B>(
     request: &Request<B>,
     admitted: &Admitted,
     route: &Route,
 ) -> Result<(), ProxyError> {
-    if let Some(keys) = &route.key_digests {
-        let allowed = admitted
-            .key
-            .as_ref()
-            .is_some_and(|k| access::key_matches(k, keys));
-        if !allowed {
-            return Err(ProxyError::Forbidden(format!(
-                "this proxy key may not use the route {}",
-                route.prefix()
-            )));
-        }
-    }
+    admit_keys(admitted, route.key_digests.as_deref(), route.prefix())?;
     if !route.config.allow_encoded_slash {
         path::check(request.uri().path(), false)
             .map_err(|p| ProxyError::BadRequest(p.message().into()))?;

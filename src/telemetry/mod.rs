@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,6 +18,9 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use crate::gateway::Gateway;
+
+mod collectors;
+use collectors::{TokenCollector, VendCollector};
 
 /// Requests kept for the status page's history.
 const HISTORY: usize = 50;
@@ -46,6 +48,13 @@ struct RouteLabel {
 struct RetryLabels {
     route: Arc<str>,
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VendLabels {
+    route: Arc<str>,
+    scope: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -117,6 +126,7 @@ pub struct Telemetry {
     failovers: Family<CredentialLabel, Counter>,
     /// Same labels as retries: route and reason.
     rewrite_skipped: Family<RetryLabels, Counter>,
+    vend_requests: Family<VendLabels, Counter>,
     connections: Gauge,
     handshake_failures: Family<HandshakeLabels, Counter>,
     certificate_expiry: Family<ListenerLabel, Gauge<f64, AtomicU64>>,
@@ -211,7 +221,14 @@ impl Telemetry {
             "When the certificate chain each listener serves expires (Unix time)",
             Listed(certificate_expiry.clone()),
         );
+        let vend_requests = Family::<VendLabels, Counter>::default();
+        registry.register(
+            "vend_requests",
+            "Token requests on vending routes, by route, scope (account, project, video) and outcome (hit, miss, refused, error)",
+            Listed(vend_requests.clone()),
+        );
         registry.register_collector(Box::new(TokenCollector(gateway.clone())));
+        registry.register_collector(Box::new(VendCollector(gateway.clone())));
         Arc::new(Self {
             registry,
             requests,
@@ -222,6 +239,7 @@ impl Telemetry {
             reloads,
             failovers,
             rewrite_skipped,
+            vend_requests,
             connections,
             handshake_failures,
             certificate_expiry,
@@ -321,6 +339,16 @@ impl Telemetry {
             .inc();
     }
 
+    pub fn record_vend(&self, route: &Arc<str>, scope: &'static str, outcome: &'static str) {
+        self.vend_requests
+            .get_or_create(&VendLabels {
+                route: route.clone(),
+                scope,
+                outcome,
+            })
+            .inc();
+    }
+
     pub fn record_failover(&self, credential: &str) {
         self.failovers
             .get_or_create(&CredentialLabel {
@@ -389,6 +417,17 @@ impl Telemetry {
                     self.rewrite_skipped.get_or_create_owned(&RetryLabels {
                         route: route.name.clone(),
                         reason: skipped.label(),
+                    });
+                }
+            }
+        }
+        for route in gateway.router.vend_routes() {
+            for scope in ["account", "project", "video"] {
+                for outcome in ["hit", "miss", "refused", "error"] {
+                    self.vend_requests.get_or_create_owned(&VendLabels {
+                        route: route.name.clone(),
+                        scope,
+                        outcome,
                     });
                 }
             }
@@ -504,59 +543,5 @@ impl<M: EncodeMetric> EncodeMetric for Listed<M> {
 
     fn metric_type(&self) -> MetricType {
         self.0.metric_type()
-    }
-}
-
-/// `azgate_token_fetches_total{credential,outcome}` and
-/// `azgate_token_expiry_timestamp_seconds{credential}`, read from the token caches of the
-/// gateway in service when Prometheus scrapes.
-#[derive(Debug)]
-struct TokenCollector(Arc<OnceLock<Arc<ArcSwap<Gateway>>>>);
-
-impl Collector for TokenCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let fetches = Family::<CredentialOutcome, Counter>::default();
-        let expiry = Family::<CredentialLabel, Gauge<f64, AtomicU64>>::default();
-        if let Some(gateway) = self.0.get() {
-            let gateway = gateway.load();
-            let now = SystemTime::now();
-            for credential in gateway.credentials.iter() {
-                let Some(cache) = credential.cache() else {
-                    continue;
-                };
-                let status = cache.status();
-                let name = credential.name().to_string();
-                for (outcome, n) in [("success", status.successes), ("failure", status.failures)] {
-                    fetches
-                        .get_or_create(&CredentialOutcome {
-                            credential: name.clone(),
-                            outcome: outcome.to_string(),
-                        })
-                        .inc_by(n);
-                }
-                if let Some(left) = status.expires_in.filter(|_| status.has_token) {
-                    let at = (now + left).duration_since(UNIX_EPOCH).unwrap_or_default();
-                    expiry
-                        .get_or_create(&CredentialLabel { credential: name })
-                        .set(at.as_secs_f64());
-                }
-            }
-        }
-        let counter = encoder.encode_descriptor(
-            // The registry adds the `azgate_` prefix.
-            "token_fetches",
-            "Token fetches, by credential and outcome",
-            None,
-            fetches.metric_type(),
-        )?;
-        fetches.encode(counter)?;
-        let gauge = encoder.encode_descriptor(
-            "token_expiry_timestamp_seconds",
-            "When each credential's current token expires (Unix time)",
-            None,
-            expiry.metric_type(),
-        )?;
-        expiry.encode(gauge)?;
-        Ok(())
     }
 }
