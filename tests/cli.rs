@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
 use support::tls::TlsFiles;
+use support::video_indexer::{MockVideoIndexer, vi_error};
 
 fn azgate() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_azgate"));
@@ -380,6 +381,106 @@ fn token_and_probe_print_a_failure_once() {
     assert!(all.contains("FAILED"), "{all}");
     assert_eq!(all.matches(reason.as_str()).count(), 1, "{all}");
     assert!(!all.contains("not-printed-secret"));
+}
+
+/// `azgate ARGS` on a blocking thread, so in-process mocks keep serving meanwhile.
+async fn run(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || azgate().args(args).output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn token_prints_a_read_only_viewer_token_for_a_video_or_a_project() {
+    const KEY: &str = "VI-SUBSCRIPTION-KEY-NEVER-PRINTED";
+    let vi = MockVideoIndexer::start().await;
+    // A classic account whose own token may edit: a viewer token still may not.
+    let (_dir, path) = write_config(&format!(
+        r#"
+        [credentials.vi]
+        type = "video_indexer"
+        location = "trial"
+        account_id = "acc-1"
+        subscription_key = "{KEY}"
+        allow_edit = true
+        api_url = "{}"
+        [credentials.key]
+        type = "subscription_key"
+        key = "plain-key"
+        "#,
+        vi.url
+    ));
+    let config = path.display().to_string();
+
+    for (flag, id, scoped) in [
+        ("--video", "v-1_x", "Videos"),
+        ("--project", "p1", "Projects"),
+    ] {
+        let out = run(&["token", "vi", flag, id, "-c", &config]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{flag}: {stderr}");
+        assert!(stderr.is_empty(), "{flag}: {stderr}");
+        let call = vi.calls().pop().expect("a token call");
+        assert_eq!(
+            call.path,
+            format!("/auth/trial/Accounts/acc-1/{scoped}/{id}/AccessToken")
+        );
+        assert_eq!(call.query.as_deref(), Some("allowEdit=false"), "{flag}");
+        assert_eq!(call.header("ocp-apim-subscription-key"), Some(KEY));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("vi-token-{}\n", vi.call_count()),
+            "{flag}: only the token on stdout"
+        );
+    }
+
+    // Video Indexer refusing: its reason once on stderr, nothing on stdout, exit 1.
+    vi.respond_with(|_, _| vi_error(404, "BREAKDOWN_NOT_FOUND", "Video 'gone' was not found"));
+    let out = run(&["token", "vi", "--video", "gone", "-c", &config]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains("credential \"vi\" gave no viewer token for video \"gone\""),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("BREAKDOWN_NOT_FOUND").count(), 1, "{stderr}");
+    assert!(!stderr.contains(KEY), "{stderr}");
+
+    // Usage problems exit 2 and ask nothing of Video Indexer.
+    let calls = vi.call_count();
+    for (args, want) in [
+        (
+            vec!["token", "vi", "--video", "a/b"],
+            "invalid value 'a/b' for '--video <ID>': not a Video Indexer id",
+        ),
+        (
+            vec!["token", "vi", "--project", &"x".repeat(65)],
+            "for '--project <ID>': not a Video Indexer id",
+        ),
+        (
+            vec!["token", "vi", "--video", "v1", "--project", "p1"],
+            "'--video <ID>' cannot be used with '--project <ID>'",
+        ),
+        (
+            vec!["token", "key", "--video", "v1"],
+            "credential \"key\" is a subscription_key credential; --video needs a video_indexer credential",
+        ),
+    ] {
+        let mut args = args;
+        args.extend(["-c", &config]);
+        let out = run(&args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: no {want:?} in:\n{stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    assert_eq!(
+        vi.call_count(),
+        calls,
+        "a usage problem reached Video Indexer"
+    );
 }
 
 #[test]

@@ -47,13 +47,20 @@ pub enum Command {
         #[arg(long)]
         probe: bool,
     },
-    /// Fetch the credential NAME and print the bare token (or key) on stdout.
+    /// Fetch the credential NAME and print the bare token (or key) on stdout; with
+    /// --video or --project, a read-only viewer token for that video or project.
     Token {
         /// The credential's name in the config.
         name: String,
         /// Config file [default: $AZGATE_CONFIG, then ./proxy.toml, then a built-in default]
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Print a read-only viewer token for this video instead (a video_indexer credential).
+        #[arg(long, value_name = "ID", value_parser = token::video_indexer_id, conflicts_with = "project")]
+        video: Option<String>,
+        /// Print a read-only viewer token for this project instead (a video_indexer credential).
+        #[arg(long, value_name = "ID", value_parser = token::video_indexer_id)]
+        project: Option<String>,
     },
     /// GET URL; exit 0 on a 2xx answer, 1 otherwise (a container health check that needs
     /// no shell tools). Proxy variables are ignored.
@@ -73,7 +80,15 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config, probe } => check::check(ConfigSource::resolve(config), probe),
         Command::Serve { config } => serve(ConfigSource::resolve(config)),
-        Command::Token { name, config } => token::token(ConfigSource::resolve(config), &name),
+        Command::Token {
+            name,
+            config,
+            video,
+            project,
+        } => {
+            let viewer = token::viewer_ask(video, project);
+            token::token(ConfigSource::resolve(config), &name, viewer)
+        }
         Command::Health { url, timeout } => health::health(&url, timeout),
     }
 }
