@@ -569,3 +569,90 @@ fn an_allow_list_of_every_address_does_not_open_a_public_listener() {
     );
     assert_eq!(got.len(), 2, "{got:#?}");
 }
+
+#[test]
+fn vending_routes_refuse_forwarding_keys_and_need_a_video_indexer() {
+    let text = r#"
+        [credentials.vi]
+        type = "video_indexer"
+        location = "trial"
+        account_id = "a1"
+        subscription_key = "k"
+        [credentials.arm]
+        type = "managed_identity"
+        scope = "https://management.azure.com/.default"
+        [[routes]]
+        prefix = "/t"
+        vend = "vi"
+        upstream = "https://api.videoindexer.ai"
+        timeout = "3s"
+        max_concurrent_fetches = 0
+        embed_url = "www.videoindexer.ai"
+        [routes.cors]
+        allow_origins = ["https://ok.example", "https://bad.example/path"]
+        [[routes]]
+        prefix = "/u"
+        vend = "arm"
+        [[routes]]
+        prefix = "/v"
+        vend = "nope"
+        [[routes]]
+        prefix = "/t"
+        upstream = "https://api.videoindexer.ai"
+        credential = "arm"
+        scoped_tokens = true
+        max_entries = 5
+        [[routes]]
+        prefix = "/w"
+        upstream = "https://api.videoindexer.ai"
+        scoped_tokens = true
+    "#;
+    let found = problems(text);
+    let want = [
+        "bad.toml: routes[0].upstream: `vend` and `upstream` exclude each other",
+        "bad.toml: routes[0].timeout: does not apply to a vending route",
+        "bad.toml: routes[0].max_concurrent_fetches: must be between 1 and 1000",
+        "bad.toml: routes[0].embed_url: \"www.videoindexer.ai\" must be an http:// or https:// base URL",
+        "bad.toml: routes[0].cors.allow_origins[1]: \"https://bad.example/path\" is not an origin",
+        "bad.toml: routes[1].vend: vend needs a video_indexer credential; \"arm\" is another type",
+        "bad.toml: routes[2].vend: unknown credential \"nope\"",
+        "bad.toml: routes[3].max_entries: only applies to a vending route (`vend`)",
+        "bad.toml: routes[3].scoped_tokens: scoped_tokens needs a video_indexer credential",
+        "bad.toml: routes[3].prefix: prefix \"/t\" is used by an earlier route",
+        "bad.toml: routes[4].scoped_tokens: needs a video_indexer `credential` on the route",
+    ];
+    for want in want {
+        assert!(
+            found.iter().any(|line| line.starts_with(want)),
+            "missing {want:?} in:\n{}",
+            found.join("\n")
+        );
+    }
+    assert!(
+        !found.iter().any(|l| l.contains("cors.allow_origins[0]")),
+        "{found:#?}"
+    );
+
+    // A valid vending route parses with its defaults.
+    let ok = r#"
+        [credentials.vi]
+        type = "video_indexer"
+        location = "trial"
+        account_id = "a1"
+        subscription_key = "k"
+        [[routes]]
+        prefix = "/vi-tokens/"
+        vend = "vi"
+    "#;
+    let config = parse_with(ok, &HashMap::new()).unwrap();
+    assert!(config.routes.is_empty());
+    let route = &config.vend_routes[0];
+    assert_eq!(route.prefix, "/vi-tokens");
+    assert_eq!(route.credential, "vi");
+    assert_eq!(
+        (route.max_entries, route.max_concurrent_fetches),
+        (10_000, 8)
+    );
+    assert_eq!(route.embed_url, "https://www.videoindexer.ai");
+    assert!(route.cors_origins.is_empty());
+}

@@ -154,23 +154,34 @@ impl Credential {
             }
             Source::VideoIndexer { cache, inject, .. } => {
                 let token = cache.token().await.map_err(|e| self.error(e.message))?;
-                let injection = match inject {
-                    VideoIndexerInject::Query => Injection::Query {
-                        name: "accessToken",
-                        value: token.value.clone(),
-                    },
-                    VideoIndexerInject::Header => Injection::Header {
-                        name: header::AUTHORIZATION,
-                        value: token.bearer.clone(),
-                    },
-                };
                 Ok(Authorization {
-                    injection,
+                    injection: video_indexer_injection(*inject, &token),
                     token: Some(token),
                     slot: None,
                 })
             }
         }
+    }
+
+    /// What to inject into a request about one video or project (`scoped_tokens`): a
+    /// token scoped to it, with the credential's own permission. Other credentials inject
+    /// what they always do.
+    pub async fn authorize_scoped(
+        &self,
+        scope: &video_indexer::Scope,
+    ) -> Result<Authorization, token::FetchError> {
+        let Source::VideoIndexer { scoped, inject, .. } = &self.source else {
+            return self
+                .authorize()
+                .await
+                .map_err(|e| token::FetchError::new(e.reason));
+        };
+        let token = scoped.token(scope.clone(), scoped.allows_edit()).await?;
+        Ok(Authorization {
+            injection: video_indexer_injection(*inject, &token),
+            token: Some(token),
+            slot: None,
+        })
     }
 
     /// The upstream refused a request carrying `used` with `status`. A token refused
@@ -224,6 +235,20 @@ impl Credential {
             credential: self.name.clone(),
             reason,
         }
+    }
+}
+
+/// Where a Video Indexer token goes: the `accessToken` query parameter, or a bearer header.
+fn video_indexer_injection(inject: VideoIndexerInject, token: &Token) -> Injection {
+    match inject {
+        VideoIndexerInject::Query => Injection::Query {
+            name: "accessToken",
+            value: token.value.clone(),
+        },
+        VideoIndexerInject::Header => Injection::Header {
+            name: header::AUTHORIZATION,
+            value: token.bearer.clone(),
+        },
     }
 }
 

@@ -193,7 +193,8 @@ async fn forward(
     };
 
     // prepare upstream request: strip, inject credential, hold the body for replay
-    let authorization = send::authorize(route).await?;
+    let scope = route.token_scope(request.uri().path());
+    let authorization = send::authorize(route, scope.as_ref()).await?;
     let (parts, incoming) = request.into_parts();
     let hop = forwarded::ClientHop {
         peer: conn.peer.ip(),
@@ -221,6 +222,7 @@ async fn forward(
         &template,
         &mut body,
         authorization,
+        scope.as_ref(),
         &log.request_id,
         telemetry,
     )

@@ -12,6 +12,7 @@ use super::retry::RetryBudget;
 use super::vend::VendRoute;
 use crate::config::RouteConfig;
 use crate::credentials::Credential;
+use crate::credentials::video_indexer::{Scope, scope_in_path};
 use crate::logging::LogLimiter;
 
 /// A configured route, ready to serve: its config, its credential and its upstream client.
@@ -71,6 +72,15 @@ impl Route {
 
     pub fn prefix(&self) -> &str {
         &self.config.prefix
+    }
+
+    /// The video or project a request is about, when the route injects tokens scoped to
+    /// it (`scoped_tokens`); `None` injects the credential's account token.
+    pub fn token_scope(&self, path: &str) -> Option<Scope> {
+        self.config
+            .scoped_tokens
+            .then(|| scope_in_path(path))
+            .flatten()
     }
 
     /// How much of a request body to keep for replay: the retry buffer when a retry or

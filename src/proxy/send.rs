@@ -14,6 +14,8 @@ use super::prepare::UpstreamRequest;
 use super::replay::ReplayBody;
 use super::retry::{self, Decision, Outcome};
 use super::route::Route;
+use super::vi_auth;
+use crate::credentials::video_indexer::Scope;
 use crate::credentials::{Authorization, Refusal};
 use crate::telemetry::Telemetry;
 
@@ -28,11 +30,21 @@ pub struct Sent {
     pub authorization: Option<Authorization>,
 }
 
-/// The route credential's authorization for the next attempt, if the route has one.
-pub async fn authorize(route: &Route) -> Result<Option<Authorization>, ProxyError> {
-    match &route.credential {
-        Some(credential) => Ok(Some(credential.authorize().await?)),
-        None => Ok(None),
+/// The route credential's authorization for the next attempt, if the route has one: a
+/// token scoped to `scope` when the request is about one video or project and the route
+/// has `scoped_tokens`.
+pub async fn authorize(
+    route: &Route,
+    scope: Option<&Scope>,
+) -> Result<Option<Authorization>, ProxyError> {
+    match (&route.credential, scope) {
+        (Some(credential), Some(scope)) => credential
+            .authorize_scoped(scope)
+            .await
+            .map(Some)
+            .map_err(|err| vi_auth::refusal(credential.name(), err)),
+        (Some(credential), None) => Ok(Some(credential.authorize().await?)),
+        (None, _) => Ok(None),
     }
 }
 
@@ -41,6 +53,7 @@ pub async fn send_with_retry(
     template: &UpstreamRequest,
     body: &mut ReplayBody,
     mut authorization: Option<Authorization>,
+    scope: Option<&Scope>,
     request_id: &str,
     telemetry: &Telemetry,
 ) -> Sent {
@@ -94,7 +107,7 @@ pub async fn send_with_retry(
                 "upstream refused the credential: replaying once with a new one"
             );
             credential_replayed = true;
-            authorization = match authorize(route).await {
+            authorization = match authorize(route, scope).await {
                 Ok(authorization) => authorization,
                 Err(err) => return finish(Err(err), attempts, started, authorization),
             };

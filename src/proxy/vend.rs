@@ -23,10 +23,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, hea
 use super::body::{self, ProxyBody};
 use super::error::ProxyError;
 use super::inbound::access::KeyDigest;
+use super::vi_auth;
 use crate::config::VendRouteConfig;
 use crate::credentials::CredentialError;
-use crate::credentials::token::FetchError;
-use crate::credentials::video_indexer::{Scope, Viewer, ViewerTokens, is_refusal, valid_id};
+use crate::credentials::video_indexer::{Scope, Viewer, ViewerTokens, valid_id};
 use crate::telemetry::Telemetry;
 
 /// A vending route, ready to serve.
@@ -109,7 +109,7 @@ pub async fn answer(
     };
     let (result, outcome) = tokens.token(scope.clone()).await;
     telemetry.record_vend(&route.name, scope_label(&scope), outcome.label());
-    let viewer = result.map_err(|err| failure(&route.config.credential, err))?;
+    let viewer = result.map_err(|err| vi_auth::refusal(&route.config.credential, err))?;
     let body = answer_body(route, tokens, &scope, &viewer);
     let mut response = Response::new(body::full(body.to_string()));
     let headers = response.headers_mut();
@@ -207,24 +207,6 @@ fn scope_label(scope: &Scope) -> &'static str {
     }
 }
 
-/// Video Indexer's (or ARM's) 4xx goes back with its status as `token_refused`, quoting
-/// its code and message; anything else is the credential failing.
-fn failure(credential: &str, err: FetchError) -> ProxyError {
-    match err.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-        Some(status) if is_refusal(&err) => ProxyError::TokenRefused {
-            status,
-            message: format!(
-                "credential \"{credential}\": Video Indexer refused the token: {}",
-                err.message
-            ),
-        },
-        _ => ProxyError::CredentialUnavailable(CredentialError {
-            credential: credential.to_string(),
-            reason: err.message,
-        }),
-    }
-}
-
 /// The JSON answer: the token, its expiry, its scope, and for videos the widget URLs.
 fn answer_body(
     route: &VendRoute,
@@ -282,23 +264,5 @@ mod tests {
     fn expiry_is_rfc3339_utc() {
         let at = UNIX_EPOCH + Duration::from_secs(1_796_137_445);
         assert_eq!(rfc3339(at), "2026-12-01T15:04:05Z");
-    }
-
-    #[test]
-    fn refusals_keep_their_status_and_others_are_credential_failures() {
-        let refused = failure(
-            "vi",
-            FetchError::new("answered 404: BREAKDOWN_NOT_FOUND: Project 'x' was not found")
-                .with_status(404),
-        );
-        assert_eq!(refused.code(), "token_refused");
-        assert_eq!(refused.status(), StatusCode::NOT_FOUND);
-        assert!(refused.to_string().contains("BREAKDOWN_NOT_FOUND"));
-        for err in [
-            FetchError::new("answered 500: GENERAL").with_status(500),
-            FetchError::new("cannot reach Video Indexer"),
-        ] {
-            assert_eq!(failure("vi", err).code(), "credential_unavailable");
-        }
     }
 }

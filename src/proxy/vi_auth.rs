@@ -22,7 +22,7 @@ use super::error::ProxyError;
 use super::route::Route;
 use crate::credentials::CredentialError;
 use crate::credentials::token::FetchError;
-use crate::credentials::video_indexer::{Scope, ScopedTokens, valid_id};
+use crate::credentials::video_indexer::{Scope, ScopedTokens, is_refusal, valid_id};
 
 /// A classic auth call, as the path spelled it (ids not checked yet).
 #[derive(Debug, PartialEq, Eq)]
@@ -152,14 +152,15 @@ fn checked_scope(call: &AuthCall<'_>, tokens: &ScopedTokens) -> Result<Scope, Pr
     })
 }
 
-/// Video Indexer's (or ARM's) 4xx goes back as `token_refused` with that status, so the
-/// tool sees "not found" for an unknown video; anything else is the credential failing.
-fn refusal(credential: &str, err: FetchError) -> ProxyError {
+/// Video Indexer's (or ARM's) 4xx goes back as `token_refused` with that status, quoting
+/// its code and message, so a client sees "not found" for an unknown video; anything else
+/// is the credential failing. Shared by every route that fetches scoped tokens.
+pub(super) fn refusal(credential: &str, err: FetchError) -> ProxyError {
     match err.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-        Some(status) if status.is_client_error() => ProxyError::TokenRefused {
+        Some(status) if is_refusal(&err) => ProxyError::TokenRefused {
             status,
             message: format!(
-                "credential \"{credential}\": the token was refused: {}",
+                "credential \"{credential}\": Video Indexer refused the token: {}",
                 err.message
             ),
         },

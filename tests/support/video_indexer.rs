@@ -1,5 +1,6 @@
 //! A mock Video Indexer speaking the wire formats of AZURE.md: the classic auth endpoint
-//! (`GET /auth/{location}/Accounts/{id}/AccessToken`), ARM's `generateAccessToken`, and a
+//! (`GET /auth/{location}/Accounts/{id}/AccessToken`), ARM's `generateAccessToken` and
+//! `generateRestrictedViewerAccessToken`, and a
 //! data plane that echoes every other request. Token calls are recorded; their answers
 //! come from a replaceable responder, by default a fresh `vi-token-N` per call.
 #![allow(dead_code)]
@@ -35,9 +36,16 @@ impl TokenCall {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
-    /// Whether this is ARM's `generateAccessToken` rather than the classic endpoint.
+    /// Whether this is an ARM call (`generateAccessToken` or
+    /// `generateRestrictedViewerAccessToken`) rather than the classic endpoint.
     pub fn is_arm(&self) -> bool {
-        self.path.ends_with("/generateAccessToken")
+        self.path
+            .contains("/providers/Microsoft.VideoIndexer/accounts/")
+    }
+
+    /// Whether this is ARM's `generateRestrictedViewerAccessToken`.
+    pub fn is_restricted_viewer(&self) -> bool {
+        self.path.ends_with("/generateRestrictedViewerAccessToken")
     }
 }
 
@@ -46,6 +54,10 @@ type Responder = Arc<dyn Fn(&TokenCall, usize) -> Response<Body> + Send + Sync>;
 pub struct MockVideoIndexer {
     pub url: String,
     calls: Arc<Mutex<Vec<TokenCall>>>,
+    /// Token calls being answered now, and the most there were at once.
+    in_flight: Arc<(AtomicUsize, AtomicUsize)>,
+    /// How long each token call takes to answer.
+    delay: Arc<Mutex<std::time::Duration>>,
     data_calls: Arc<AtomicUsize>,
     responder: Arc<Mutex<Responder>>,
     _server: MockUpstream,
@@ -57,6 +69,8 @@ impl MockVideoIndexer {
     pub async fn start() -> Self {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let data_calls = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let delay = Arc::new(Mutex::new(std::time::Duration::ZERO));
         let responder: Arc<Mutex<Responder>> =
             Arc::new(Mutex::new(Arc::new(|call: &TokenCall, n: usize| {
                 let token = format!("vi-token-{n}");
@@ -69,13 +83,16 @@ impl MockVideoIndexer {
         let server = {
             let (calls, data_calls, responder) =
                 (calls.clone(), data_calls.clone(), responder.clone());
+            let (in_flight, delay) = (in_flight.clone(), delay.clone());
             MockUpstream::start(move |request| {
                 let (calls, data_calls, responder) =
                     (calls.clone(), data_calls.clone(), responder.clone());
+                let (in_flight, delay) = (in_flight.clone(), delay.clone());
                 async move {
                     let path = request.uri().path();
-                    let is_token_call =
-                        path.ends_with("/AccessToken") || path.ends_with("/generateAccessToken");
+                    let is_token_call = path.ends_with("/AccessToken")
+                        || path.ends_with("/generateAccessToken")
+                        || path.ends_with("/generateRestrictedViewerAccessToken");
                     if !is_token_call {
                         data_calls.fetch_add(1, Ordering::SeqCst);
                         return echo(request).await;
@@ -107,6 +124,13 @@ impl MockVideoIndexer {
                         calls.push(call.clone());
                         calls.len()
                     };
+                    let now = in_flight.0.fetch_add(1, Ordering::SeqCst) + 1;
+                    in_flight.1.fetch_max(now, Ordering::SeqCst);
+                    let pause = *delay.lock().unwrap();
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                    in_flight.0.fetch_sub(1, Ordering::SeqCst);
                     let respond = responder.lock().unwrap().clone();
                     respond(&call, n)
                 }
@@ -116,6 +140,8 @@ impl MockVideoIndexer {
         Self {
             url: server.url.clone(),
             calls,
+            in_flight,
+            delay,
             data_calls,
             responder,
             _server: server,
@@ -128,6 +154,16 @@ impl MockVideoIndexer {
         f: impl Fn(&TokenCall, usize) -> Response<Body> + Send + Sync + 'static,
     ) {
         *self.responder.lock().unwrap() = Arc::new(f);
+    }
+
+    /// Makes every token call take `delay` to answer.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    /// The most token calls that were being answered at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.in_flight.1.load(Ordering::SeqCst)
     }
 
     pub fn calls(&self) -> Vec<TokenCall> {

@@ -27,7 +27,7 @@ use super::cache::TokenCache;
 use super::token::{FetchError, FetchFuture, Token, TokenSource, http_client, remaining};
 use crate::config::{VideoIndexerAuth, VideoIndexerConfig};
 use crate::secret::Secret;
-pub use scoped::{Scope, ScopedTokens, valid_id};
+pub use scoped::{Scope, ScopedTokens, scope_in_path, valid_id};
 pub use viewer::{Outcome, Viewer, ViewerTokens, expires_on, is_refusal};
 use wire::{
     CALL_TIMEOUT, abbreviate, arm_access_token, classic_token, jwt_expiry, read, redact, segment,

@@ -51,6 +51,30 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The video or project a Video Indexer data-plane path is about:
+/// `…/Videos/{videoId}[/…]` or `…/Projects/{projectId}[/…]` (names in any case), when the
+/// id is a valid id. The last such pair wins (`/Projects/p/Videos/v` is about the video).
+/// Account-wide operations under those names (`Videos/Search`) are about no one video.
+pub fn scope_in_path(path: &str) -> Option<Scope> {
+    let segments: Vec<&str> = path.split('/').collect();
+    segments.windows(2).rev().find_map(|pair| {
+        let [kind, id] = pair else { return None };
+        if ACCOUNT_WIDE.iter().any(|op| id.eq_ignore_ascii_case(op)) {
+            return None;
+        }
+        if kind.eq_ignore_ascii_case("Videos") {
+            Scope::video(id)
+        } else if kind.eq_ignore_ascii_case("Projects") {
+            Scope::project(id)
+        } else {
+            None
+        }
+    })
+}
+
+/// Video Indexer operations on the `Videos` and `Projects` collections, not on one item.
+const ACCOUNT_WIDE: &[&str] = &["Search", "GetIdByExternalId"];
+
 type Key = (Scope, bool);
 
 /// The scoped tokens of one Video Indexer credential.
@@ -180,5 +204,35 @@ mod tests {
         }
         assert_eq!(Scope::video("v1"), Some(Scope::Video("v1".into())));
         assert_eq!(Scope::project("p/1"), None);
+    }
+
+    #[test]
+    fn the_video_or_project_a_path_is_about() {
+        let cases = [
+            (
+                "/trial/Accounts/a/Videos/v1/Index",
+                Some(Scope::Video("v1".into())),
+            ),
+            (
+                "/trial/Accounts/a/videos/v1",
+                Some(Scope::Video("v1".into())),
+            ),
+            (
+                "/trial/Accounts/a/Projects/p1/Render",
+                Some(Scope::Project("p1".into())),
+            ),
+            (
+                "/trial/Accounts/a/Projects/p1/Videos/v2",
+                Some(Scope::Video("v2".into())),
+            ),
+            ("/trial/Accounts/a/Videos", None),
+            ("/trial/Accounts/a/Videos/", None),
+            ("/trial/Accounts/a/Videos/a.b/Index", None),
+            ("/trial/Accounts/a/Videos/Search", None),
+            ("/trial/Accounts/a/Videos/GetIdByExternalId", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(scope_in_path(path), want, "{path}");
+        }
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use moka::Expiry;
 use moka::future::Cache;
+use moka::policy::EvictionPolicy;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -116,6 +117,7 @@ impl ViewerTokens {
             source,
             tokens: Cache::builder()
                 .max_capacity(max_entries)
+                .eviction_policy(EvictionPolicy::lru())
                 .expire_after(UntilMargin)
                 .build(),
             refusals: Cache::builder()
@@ -140,15 +142,9 @@ impl ViewerTokens {
         self.source.location()
     }
 
-    /// Tokens cached now (moka's count, settled by `settle`).
+    /// Tokens cached now (evictions are settled after each fetch).
     pub fn entries(&self) -> u64 {
         self.tokens.entry_count()
-    }
-
-    /// Runs moka's pending evictions, so `entries` is exact.
-    pub async fn settle(&self) {
-        self.tokens.run_pending_tasks().await;
-        self.refusals.run_pending_tasks().await;
     }
 
     /// A viewer token for `scope` (ids already checked), and how it was served.
@@ -172,7 +168,12 @@ impl ViewerTokens {
             .await
             .map_err(|err| (*err).clone());
         match fetched {
-            Ok(viewer) => self.counted(Ok(viewer), Outcome::Miss),
+            Ok(viewer) => {
+                // Evictions run now, not at some later call: the size bound holds and the
+                // entry count is exact (a miss costs an upstream call anyway).
+                self.tokens.run_pending_tasks().await;
+                self.counted(Ok(viewer), Outcome::Miss)
+            }
             Err(error) if remembered(&error) => {
                 let refusal = Refusal {
                     error: error.clone(),
