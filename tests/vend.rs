@@ -642,3 +642,44 @@ async fn scoped_tokens_give_a_forwarded_request_a_token_for_its_video_or_project
     assert_eq!(response.status().as_u16(), 404);
     assert_eq!(response.headers()["x-azgate-error"], "token_refused");
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_cached_tokens_of_an_unchanged_route() {
+    let vi = MockVideoIndexer::start().await;
+    let body = classic_account(&vi.url, "");
+    let gw = start(&body).await;
+    let url = gw.url.clone();
+    let token = |url: String| async move {
+        let json: Value = client()
+            .get(format!("{url}/vi-tokens/videos/v1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        json["accessToken"].as_str().unwrap().to_string()
+    };
+    let first = token(url.clone()).await;
+    let server = gw.into_server();
+    let parse = |text: String| {
+        let env = env();
+        let lookup = |name: &str| env.get(name).map(|v| v.to_string());
+        azgate::config::parse(&config_text(&text), "test.toml", Path::new("."), &lookup).unwrap()
+    };
+    // Another route added: this one unchanged, its tokens kept.
+    let more = format!(
+        "{body}\n[[routes]]\nprefix = \"/other\"\nupstream = \"{}\"\n",
+        vi.url
+    );
+    server.apply(parse(more)).unwrap();
+    assert_eq!(token(url.clone()).await, first);
+    assert_eq!(vi.call_count(), 1);
+    // The route changed: a new cache.
+    server
+        .apply(parse(classic_account(&vi.url, "max_entries = 100")))
+        .unwrap();
+    assert_ne!(token(url.clone()).await, first);
+    assert_eq!(vi.call_count(), 2);
+    server.shutdown();
+}
