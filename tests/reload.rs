@@ -313,3 +313,57 @@ async fn config_warnings_are_logged_at_start_and_on_reload() {
         "{on_reload:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_log_file_next_to_the_config_does_not_hold_a_reload_back() {
+    let upstream = MockUpstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config(&upstream.url, &["/a"])).unwrap();
+    let serve = Serve::start(&path);
+    let proxy = serve.proxy.clone();
+    // `azgate serve -c proxy.toml > azgate.log` with traffic: the log is written every
+    // few milliseconds, for the whole test.
+    let log = dir.path().join("azgate.log");
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (log, writing) = (log.clone(), writing.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&log).unwrap();
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = writeln!(file, "{{\"message\":\"a request\"}}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Renamed over, and then written in place: each in service well within the ceiling.
+    for (routes, probe) in [
+        (&["/a", "/b"][..], "/b/x"),
+        (&["/a", "/b", "/c"][..], "/c/x"),
+    ] {
+        let started = Instant::now();
+        if probe == "/b/x" {
+            replace(&path, &config(&upstream.url, routes));
+        } else {
+            std::fs::write(&path, config(&upstream.url, routes)).unwrap();
+        }
+        let url = format!("{proxy}{probe}");
+        while status_of(url.clone()).await != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{probe}: the change was not picked up while the log was being written"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(1500),
+            "{probe}: in service after {took:?}"
+        );
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+}

@@ -27,8 +27,9 @@ use crate::config::tls::{Pem, TlsMaterial, TlsProblems, Validity, rfc3339};
 use crate::telemetry::Telemetry;
 
 /// How often the PEM files are checked for changes. Short enough that a rotated
-/// certificate is served within seconds, long enough that the reads cost nothing.
-const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// certificate is served within a second, long enough that the reads cost nothing; and
+/// polling, unlike directory events, cannot be held back by other files changing there.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// A certificate this close to its expiry is warned about at every load and once a day.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 const EXPIRY_REMINDER: Duration = Duration::from_secs(24 * 3600);
