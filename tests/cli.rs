@@ -67,6 +67,119 @@ fn check_accepts_the_example_and_prints_the_route_table() {
 }
 
 #[test]
+fn check_lists_vending_routes_with_their_options() {
+    let (_dir, path) = write_config(
+        r#"
+        [server.inbound]
+        api_keys = ["route-key-not-printed", "other-key-not-printed"]
+        [credentials.arm]
+        type = "default"
+        scope = "https://management.azure.com/.default"
+        [credentials.vi]
+        type = "video_indexer"
+        location = "trial"
+        account_id = "acc-1"
+        subscription_key = "k"
+        [credentials.vi_arm]
+        type = "video_indexer"
+        location = "westeurope"
+        account_id = "acc-2"
+        arm = "arm"
+        subscription_id = "sub"
+        resource_group = "rg"
+        account_name = "vi-arm"
+        [[routes]]
+        prefix = "/vi"
+        upstream = "https://api.videoindexer.ai"
+        credential = "vi"
+        scoped_tokens = true
+        [[routes]]
+        prefix = "/vi-tokens"
+        vend = "vi"
+        [[routes]]
+        prefix = "/tokens/arm"
+        vend = "vi_arm"
+        max_entries = 500
+        max_concurrent_fetches = 2
+        embed_url = "https://embed.contoso.com/"
+        api_keys = ["route-key-not-printed"]
+        [routes.cors]
+        allow_origins = ["https://app.contoso.com", "http://localhost:3000"]
+        "#,
+    );
+    let out = azgate().args(["check", "-c"]).arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |prefix: &str| row_of(&stdout, prefix);
+    assert_eq!(
+        row("/vi"),
+        "/vi https://api.videoindexer.ai vi (video_indexer, scoped_tokens) any"
+    );
+    assert_eq!(
+        row("/vi-tokens"),
+        "/vi-tokens vend vi vi (video_indexer) GET"
+    );
+    assert_eq!(
+        row("/tokens/arm"),
+        "/tokens/arm vend vi_arm vi_arm (video_indexer) GET,OPTIONS"
+    );
+    let section = stdout
+        .split("\nvending routes:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no vending section:\n{stdout}"));
+    let lines: Vec<&str> = section.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "  /vi-tokens = vend vi: allowEdit=false tokens (classic account); \
+             GET account, projects/{id}, videos/{id}; max_entries 10000; \
+             max_concurrent_fetches 8; embed_url https://www.videoindexer.ai; CORS none",
+            "  /tokens/arm = vend vi_arm: restricted viewer tokens (ARM account); \
+             GET account, projects/{id}, videos/{id}; max_entries 500; \
+             max_concurrent_fetches 2; embed_url https://embed.contoso.com; 1 route key(s); \
+             CORS https://app.contoso.com, http://localhost:3000",
+        ],
+        "{stdout}"
+    );
+    assert!(!stdout.contains("route-key-not-printed"));
+
+    // Only vending routes still make a route table; `vend` with `upstream` is refused.
+    let (_dir, path) = write_config(
+        "[credentials.vi]\ntype = \"video_indexer\"\nlocation = \"trial\"\n\
+         account_id = \"a\"\nsubscription_key = \"k\"\n\
+         [[routes]]\nprefix = \"/t\"\nvend = \"vi\"\n",
+    );
+    let out = azgate().args(["check", "-c"]).arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(!stdout.contains("(none"), "{stdout}");
+    assert_eq!(row_of(&stdout, "/t"), "/t vend vi vi (video_indexer) GET");
+    let text = std::fs::read_to_string(&path).unwrap() + "upstream = \"http://x\"\n";
+    std::fs::write(&path, text).unwrap();
+    let out = azgate().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("routes[0].upstream: `vend` and `upstream` exclude each other"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The route table row starting with `prefix`, its cells joined by single spaces.
+fn row_of(stdout: &str, prefix: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{prefix} ")))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| panic!("no row for {prefix}:\n{stdout}"))
+}
+
+#[test]
 fn check_reports_every_problem_and_exits_2() {
     let (_dir, path) = write_config(
         "[server]\nlisten = \"nowhere\"\n[[routes]]\nprefix = \"/a\"\nupstream = \"http://x\"\ncredential = \"ghost\"\ntypo = 1\n",

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use super::{load, runtime};
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, ConfigSource, CredentialConfig, VendRouteConfig, VideoIndexerAuth};
 use crate::credentials::CredentialSet;
 use crate::env::Env;
 use crate::logging;
@@ -154,31 +154,44 @@ pub fn describe(config: &Config) -> String {
     }
 
     out.push_str("\nroutes:\n");
-    if config.routes.is_empty() {
+    if config.routes.is_empty() && config.vend_routes.is_empty() {
         out.push_str("  (none: every request gets 404 route_not_found)\n");
         return out;
     }
-    let rows: Vec<[String; 4]> = config
-        .routes
-        .iter()
-        .map(|r| {
-            let mut upstream = r.upstream.to_string().trim_end_matches('/').to_string();
-            if !r.strip_prefix {
-                upstream.push_str(" (prefix kept)");
-            }
-            let credential = match &r.credential {
-                Some(name) => {
-                    let kind = config.credentials.get(name).map_or("?", |c| c.kind());
-                    format!("{name} ({kind})")
-                }
-                None => "none".to_string(),
-            };
-            let methods = r.methods.as_ref().map_or("any".to_string(), |m| {
-                m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
-            });
-            [r.prefix.clone(), upstream, credential, methods]
-        })
-        .collect();
+    let credential_cell = |name: &str, note: &str| {
+        let kind = config.credentials.get(name).map_or("?", |c| c.kind());
+        format!("{name} ({kind}{note})")
+    };
+    let forwarding = config.routes.iter().map(|r| {
+        let mut upstream = r.upstream.to_string().trim_end_matches('/').to_string();
+        if !r.strip_prefix {
+            upstream.push_str(" (prefix kept)");
+        }
+        let credential = match &r.credential {
+            Some(name) if r.scoped_tokens => credential_cell(name, ", scoped_tokens"),
+            Some(name) => credential_cell(name, ""),
+            None => "none".to_string(),
+        };
+        let methods = r.methods.as_ref().map_or("any".to_string(), |m| {
+            m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
+        });
+        [r.prefix.clone(), upstream, credential, methods]
+    });
+    // A vending route answers itself: its "upstream" is the credential it vends for.
+    let vending = config.vend_routes.iter().map(|r| {
+        let methods = if r.cors_origins.is_empty() {
+            "GET"
+        } else {
+            "GET,OPTIONS"
+        };
+        [
+            r.prefix.clone(),
+            format!("vend {}", r.credential),
+            credential_cell(&r.credential, ""),
+            methods.to_string(),
+        ]
+    });
+    let rows: Vec<[String; 4]> = forwarding.chain(vending).collect();
     out.push_str(&table(
         &["PREFIX", "UPSTREAM", "CREDENTIAL", "METHODS"],
         &rows,
@@ -198,7 +211,48 @@ pub fn describe(config: &Config) -> String {
             out.push_str(&line);
         }
     }
+    if !config.vend_routes.is_empty() {
+        out.push_str("\nvending routes:\n");
+        for route in &config.vend_routes {
+            out.push_str(&describe_vending(config, route));
+        }
+    }
     out
+}
+
+/// What a vending route hands out and its options, e.g.
+/// `/vi-tokens = vend vi: restricted viewer tokens (ARM account); GET account,
+/// projects/{id}, videos/{id}; max_entries 10000; max_concurrent_fetches 8; embed_url
+/// https://www.videoindexer.ai; CORS none`.
+fn describe_vending(config: &Config, route: &VendRouteConfig) -> String {
+    let tokens = match config.credentials.get(&route.credential) {
+        Some(CredentialConfig::VideoIndexer(vi)) => match vi.auth {
+            VideoIndexerAuth::Arm { .. } => "restricted viewer tokens (ARM account)",
+            VideoIndexerAuth::Classic { .. } => "allowEdit=false tokens (classic account)",
+        },
+        _ => "viewer tokens",
+    };
+    let mut parts = vec![
+        tokens.to_string(),
+        "GET account, projects/{id}, videos/{id}".to_string(),
+        format!("max_entries {}", route.max_entries),
+        format!("max_concurrent_fetches {}", route.max_concurrent_fetches),
+    ];
+    parts.push(format!("embed_url {}", route.embed_url));
+    if let Some(keys) = &route.api_keys {
+        parts.push(format!("{} route key(s)", keys.len()));
+    }
+    parts.push(if route.cors_origins.is_empty() {
+        "CORS none".to_string()
+    } else {
+        format!("CORS {}", route.cors_origins.join(", "))
+    });
+    format!(
+        "  {} = vend {}: {}\n",
+        route.prefix,
+        route.credential,
+        parts.join("; ")
+    )
 }
 
 /// What a preset filled in for a route (explicit keys included, as they win).
