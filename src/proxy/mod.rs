@@ -193,8 +193,12 @@ async fn forward(
     };
 
     // prepare upstream request: strip, inject credential, hold the body for replay
+    // The route's timeout bounds everything before the response headers: the wait for a
+    // token first (the fetch itself goes on for the requests after this one), then the
+    // first attempt gets what is left.
+    let deadline = tokio::time::Instant::now() + route.config.timeout;
     let scope = route.token_scope(request.uri().path());
-    let authorization = send::authorize(route, scope.as_ref()).await?;
+    let authorization = send::authorize_until(route, scope.as_ref(), deadline).await?;
     let (parts, incoming) = request.into_parts();
     let hop = forwarded::ClientHop {
         peer: conn.peer.ip(),
@@ -223,6 +227,7 @@ async fn forward(
         &mut body,
         authorization,
         scope.as_ref(),
+        deadline,
         &log.request_id,
         telemetry,
     )

@@ -16,7 +16,7 @@ use super::retry::{self, Decision, Outcome};
 use super::route::Route;
 use super::vi_auth;
 use crate::credentials::video_indexer::Scope;
-use crate::credentials::{Authorization, Refusal};
+use crate::credentials::{Authorization, CredentialError, Refusal};
 use crate::telemetry::Telemetry;
 
 /// The final upstream outcome and how it was reached.
@@ -48,12 +48,35 @@ pub async fn authorize(
     }
 }
 
+/// `authorize`, given up at `deadline`: a token endpoint that hangs costs the request its
+/// route timeout, not the fetch's own (longer) one.
+pub async fn authorize_until(
+    route: &Route,
+    scope: Option<&Scope>,
+    deadline: Instant,
+) -> Result<Option<Authorization>, ProxyError> {
+    match tokio::time::timeout_at(deadline, authorize(route, scope)).await {
+        Ok(result) => result,
+        Err(_) => Err(ProxyError::CredentialUnavailable(CredentialError {
+            credential: route
+                .credential
+                .as_ref()
+                .map_or_else(String::new, |c| c.name().to_string()),
+            reason: format!(
+                "no token within the route's timeout ({}); the fetch goes on for the requests that follow",
+                humantime::format_duration(route.config.timeout)
+            ),
+        })),
+    }
+}
+
 pub async fn send_with_retry(
     route: &Route,
     template: &UpstreamRequest,
     body: &mut ReplayBody,
     mut authorization: Option<Authorization>,
     scope: Option<&Scope>,
+    deadline: Instant,
     request_id: &str,
     telemetry: &Telemetry,
 ) -> Sent {
@@ -75,10 +98,24 @@ pub async fn send_with_retry(
             Ok(request) => request,
             Err(err) => return finish(Err(err), attempts, started, authorization),
         };
+        // The first attempt has what the token wait left of the route's timeout; a retry
+        // has the whole timeout again.
+        let timeout = if attempts == 1 {
+            deadline.saturating_duration_since(Instant::now())
+        } else {
+            route.config.timeout
+        };
         let result = route
             .client
-            .send(request, route.config.timeout, &route.upstream_label)
-            .await;
+            .send(request, timeout, &route.upstream_label)
+            .await
+            .map_err(|err| match err {
+                ProxyError::UpstreamTimeout { upstream, .. } => ProxyError::UpstreamTimeout {
+                    upstream,
+                    after: route.config.timeout,
+                },
+                other => other,
+            });
 
         let result = match result {
             Ok(response) => Ok(response),
