@@ -14,11 +14,35 @@ use crate::config::{LogConfig, LogFormat};
 /// only errors unless a filter names it (`RUST_LOG=info,rustls=warn`).
 const RUSTLS_DEFAULT: &str = "rustls=error";
 
+/// Level names a filter directive may use.
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a filter (`log.level`, `RUST_LOG`): comma-separated directives, each a level
+/// (`info`) or `target=level` (`azgate=debug`). A bare word that is not a level is a
+/// target with no level, which `EnvFilter` accepts and which turns every other line off:
+/// `"warning"` would silence azgate entirely, so it is refused here.
+pub fn check_filter(text: &str) -> Result<(), String> {
+    let is_level = |word: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word.trim()));
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        if !is_level(level) {
+            return Err(format!(
+                "\"{directive}\" is not a level; expected one of {} (or directives such as \"info,azgate=debug\")",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    EnvFilter::builder()
+        .parse(text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// The filter from `rust_log` (`RUST_LOG`), else from `level` (else `info`), with rustls
-/// quietened unless the filter names it.
+/// quietened unless the filter names it. A `RUST_LOG` that `check_filter` refuses is
+/// ignored (and said so once logging is up, by `init`).
 fn filter(level: &str, rust_log: Option<String>) -> EnvFilter {
-    let from_env =
-        rust_log.filter(|text| !text.trim().is_empty() && EnvFilter::builder().parse(text).is_ok());
+    let from_env = rust_log.filter(|text| !text.trim().is_empty() && check_filter(text).is_ok());
     let text = from_env.as_deref().unwrap_or(level);
     let filter = EnvFilter::builder()
         .parse(text)
@@ -49,6 +73,12 @@ pub fn init(config: &LogConfig) {
             .with_current_span(false)
             .try_init(),
     };
+    if let Ok(text) = std::env::var("RUST_LOG")
+        && !text.trim().is_empty()
+        && let Err(why) = check_filter(&text)
+    {
+        tracing::warn!("RUST_LOG ignored: {why}; logging at log.level = \"{}\"", config.level);
+    }
 }
 
 /// For one-shot commands (`token`, `check --probe`): warnings and errors only, so stdout
@@ -135,6 +165,19 @@ mod tests {
         assert_eq!(passes("info", Some("info,rustls=warn")), (true, true));
         assert_eq!(passes("info,rustls=warn", None), (true, true));
         assert_eq!(passes("info", Some("warn")), (false, false));
+        // A bare word that is no level would turn everything off: ignored.
+        assert_eq!(passes("info", Some("bogus")), (false, true));
+    }
+
+    #[test]
+    fn filters_are_levels_or_target_levels() {
+        for good in ["info", "WARN", "off", "info,azgate=debug", "azgate::access=warn, info"] {
+            assert_eq!(check_filter(good), Ok(()), "{good}");
+        }
+        for bad in ["warning", "verbose", "bogus", "info,azgate=loud", "azgate"] {
+            let err = check_filter(bad).unwrap_err();
+            assert!(err.contains("is not a level"), "{bad}: {err}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -656,3 +656,17 @@ fn vending_routes_refuse_forwarding_keys_and_need_a_video_indexer() {
     assert_eq!(route.embed_url, "https://www.videoindexer.ai");
     assert!(route.cors_origins.is_empty());
 }
+
+#[test]
+fn a_log_level_that_is_no_level_is_refused_not_silently_quiet() {
+    for level in ["warning", "verbose"] {
+        let found = problems(&format!("[log]\nlevel = \"{level}\"\n"));
+        assert!(
+            found.iter().any(|l| l.starts_with(&format!(
+                "bad.toml: log.level: invalid filter \"{level}\": \"{level}\" is not a level"
+            ))),
+            "{found:#?}"
+        );
+    }
+    assert!(parse_with("[log]\nlevel = \"info,azgate=debug\"\n", &HashMap::new()).is_ok());
+}

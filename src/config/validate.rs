@@ -179,8 +179,8 @@ fn validate_log(raw: RawLog, problems: &mut Problems) -> LogConfig {
         }
     };
     let level = raw.level.unwrap_or_else(|| "info".to_string());
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
-        problems.push("log.level", format!("invalid filter \"{level}\": {e}"));
+    if let Err(why) = crate::logging::check_filter(&level) {
+        problems.push("log.level", format!("invalid filter \"{level}\": {why}"));
     }
     LogConfig { format, level }
 }
