@@ -1,7 +1,8 @@
 //! The admin status page: `/status` is one self-contained HTML document and `/status.json`
 //! the data it polls. The browser tests run headless Chromium against azgate in-process
-//! and read the DOM after the page's scripts ran (routes, credentials with a live token
-//! countdown, the request history, the refresh counter), check that data is only ever
+//! and read the DOM after the page's scripts ran (routes, vending routes with their cache
+//! counts, credentials with a live token countdown, the request history, the refresh
+//! counter), check that data is only ever
 //! inserted as text and that a failed refresh shows a banner while keeping the last data,
 //! and leave a screenshot in `target/test-artifacts/status-page.png`.
 
@@ -15,22 +16,54 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::{Response, StatusCode};
 use support::browser::{Browser, SKIP_NO_CHROMIUM};
 use support::entra::{MockEntra, aadsts_error};
+use support::video_indexer::{MockVideoIndexer, token_string, vi_error};
 use support::{Azgate, MockUpstream, body_text, client, config_text, full};
 
 const SUBSCRIPTION_KEY: &str = "SUPER-SECRET-SUBSCRIPTION-KEY";
 const CLIENT_SECRET: &str = "SUPER-SECRET-CLIENT-SECRET";
+/// What the mock Video Indexer's viewer tokens start with; never on the page.
+const VIEWER_TOKEN: &str = "vi-viewer-token-";
 /// Long enough for the first load and two more refreshes (every 3 s) of virtual time.
 const TWO_REFRESHES_MS: u64 = 7_500;
 
+/// A classic Video Indexer that refuses video `gone` (404), fails on video `broken` (500)
+/// and hands out `vi-viewer-token-N` otherwise.
+async fn video_indexer() -> MockVideoIndexer {
+    let vi = MockVideoIndexer::start().await;
+    vi.respond_with(|call, n| {
+        if call.path.contains("/Videos/gone/") {
+            vi_error(404, "BREAKDOWN_NOT_FOUND", "Video 'gone' was not found")
+        } else if call.path.contains("/Videos/broken/") {
+            vi_error(500, "GENERAL", "Something went wrong")
+        } else {
+            token_string(&format!("{VIEWER_TOKEN}{n}"))
+        }
+    });
+    vi
+}
+
 /// azgate with three credentialed routes and one without: `vi` (a subscription key),
 /// `arm` (client_secret at a mock Entra that issues hour-long tokens) and `broken`
-/// (client_secret at a mock Entra that refuses the secret).
-async fn gateway(upstream: &MockUpstream, good: &MockEntra, bad: &MockEntra) -> Azgate {
+/// (client_secret at a mock Entra that refuses the secret); and a vending route
+/// `/vi-tokens` for the classic Video Indexer credential `viewer` at `vi`.
+async fn gateway(
+    upstream: &MockUpstream,
+    good: &MockEntra,
+    bad: &MockEntra,
+    vi: &MockVideoIndexer,
+) -> Azgate {
     let text = config_text(&format!(
         r#"
         [credentials.vi]
         type = "subscription_key"
         key = "${{VI_KEY}}"
+
+        [credentials.viewer]
+        type = "video_indexer"
+        location = "trial"
+        account_id = "acc-1"
+        subscription_key = "${{VI_KEY}}"
+        api_url = "{vi}"
 
         [credentials.arm]
         type = "client_secret"
@@ -66,10 +99,15 @@ async fn gateway(upstream: &MockUpstream, good: &MockEntra, bad: &MockEntra) -> 
         [[routes]]
         prefix = "/open"
         upstream = "{upstream}"
+
+        [[routes]]
+        prefix = "/vi-tokens"
+        vend = "viewer"
         "#,
         good = good.url,
         bad = bad.url,
         upstream = upstream.url,
+        vi = vi.url,
     ));
     let env = HashMap::from([("VI_KEY", SUBSCRIPTION_KEY), ("ARM_SECRET", CLIENT_SECRET)]);
     Azgate::start_with(&text, Path::new("."), &env).await
@@ -83,6 +121,25 @@ const SENT: &[(&str, &str)] = &[
     ("GET", "/broken/things/7"),
     ("DELETE", "/nowhere/at/all"),
 ];
+
+/// Token requests on the vending route: a miss, a hit, a refusal and an error.
+const VEND_SENT: &[(&str, u16)] = &[
+    ("/vi-tokens/videos/v1", 200),
+    ("/vi-tokens/videos/v1", 200),
+    ("/vi-tokens/videos/gone", 404),
+    ("/vi-tokens/videos/broken", 502),
+];
+
+async fn send_vend_requests(gw: &Azgate) {
+    for (path, want) in VEND_SENT {
+        let response = client()
+            .get(format!("{}{path}", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), *want, "{path}");
+    }
+}
 
 async fn send_requests(gw: &Azgate) -> Vec<u16> {
     let http = client();
@@ -142,7 +199,8 @@ fn artifacts_dir() -> PathBuf {
 async fn status_page_is_self_contained_html_and_json_lists_routes() {
     let upstream = MockUpstream::echo().await;
     let (good, bad) = (MockEntra::start().await, MockEntra::start().await);
-    let gw = gateway(&upstream, &good, &bad).await;
+    let vi = video_indexer().await;
+    let gw = gateway(&upstream, &good, &bad, &vi).await;
     let admin = gw.admin_url.clone().expect("admin listener");
     let http = client();
 
@@ -211,6 +269,26 @@ async fn status_page_is_self_contained_html_and_json_lists_routes() {
         assert!(credentials.contains(&name), "{credentials:?}");
     }
     assert!(!json.to_string().contains(SUBSCRIPTION_KEY));
+    assert_eq!(
+        json["vend_routes"],
+        serde_json::json!([{
+            "prefix": "/vi-tokens", "credential": "viewer", "entries": 0, "max_entries": 10000,
+            "hits": 0, "misses": 0, "refused": 0, "errors": 0,
+        }])
+    );
+
+    // A miss, a hit, a refusal and an error: counted, and one token cached (not shown).
+    send_vend_requests(&gw).await;
+    let text = body_text(http.get(format!("{admin}/status.json"))).await;
+    assert!(!text.contains(VIEWER_TOKEN), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        json["vend_routes"],
+        serde_json::json!([{
+            "prefix": "/vi-tokens", "credential": "viewer", "entries": 1, "max_entries": 10000,
+            "hits": 1, "misses": 1, "refused": 1, "errors": 1,
+        }])
+    );
     gw.stop().await;
 }
 
@@ -230,8 +308,10 @@ async fn status_page_in_chromium_shows_routes_credentials_and_history() {
             "Invalid client secret provided.",
         )
     });
-    let gw = gateway(&upstream, &good, &bad).await;
+    let vi = video_indexer().await;
+    let gw = gateway(&upstream, &good, &bad, &vi).await;
     let statuses = send_requests(&gw).await;
+    send_vend_requests(&gw).await;
     assert_eq!(statuses[..3], [200, 200, 200], "{statuses:?}");
     assert!(statuses[3] >= 500, "broken credential: {statuses:?}");
     assert_eq!(statuses[4], 404, "no route: {statuses:?}");
@@ -257,6 +337,22 @@ async fn status_page_in_chromium_shows_routes_credentials_and_history() {
     }
     assert!(routes.contains(&upstream.url), "{routes}");
     assert!(routes.contains("none (passed through)"), "{routes}");
+
+    assert!(
+        dom.contains("<section id=\"vending\" aria-labelledby=\"vending-title\">"),
+        "the vending routes section is hidden although there is one:\n{dom}"
+    );
+    let vending = tbody(&dom, "vend-routes");
+    for cell in [
+        "<code>/vi-tokens</code>",
+        "<td>viewer</td>",
+        // Cached tokens, of max_entries; hits, misses and refusals; errors in red.
+        "<td class=\"num\"><span title=\"at most 10000\">1<span class=\"muted\"> / 10000</span></span></td>\
+         <td class=\"num\">1</td><td class=\"num\">1</td><td class=\"num\">1</td>\
+         <td class=\"num\"><span class=\"error\">1</span></td>",
+    ] {
+        assert!(vending.contains(cell), "no {cell:?} in:\n{vending}");
+    }
 
     let credentials = tbody(&dom, "credentials");
     for name in ["vi", "arm", "broken"] {
@@ -296,9 +392,10 @@ async fn status_page_in_chromium_shows_routes_credentials_and_history() {
     assert!(requests.contains("<span class=\"pill s2xx\">200</span>"));
     assert!(requests.contains("<span class=\"pill s4xx\">404</span>"));
     assert!(requests.contains(&format!("<span class=\"pill s5xx\">{}</span>", statuses[3])));
-    assert!(dom.contains("last 5, newest first"), "{dom}");
+    let sent = SENT.len() + VEND_SENT.len();
+    assert!(dom.contains(&format!("last {sent}, newest first")), "{dom}");
 
-    for secret in [SUBSCRIPTION_KEY, CLIENT_SECRET, "token-1"] {
+    for secret in [SUBSCRIPTION_KEY, CLIENT_SECRET, "token-1", VIEWER_TOKEN] {
         assert!(!dom.contains(secret), "the page shows a secret: {secret}");
     }
 
@@ -338,6 +435,11 @@ fn hostile_status() -> serde_json::Value {
             "last_refresh_ms": 1_899_999_990_000u64,
             "last_error": format!("e{MARKUP}"),
             "fetches": {"success": 1, "failure": 1},
+        }],
+        "vend_routes": [{
+            "prefix": format!("/t{MARKUP}"),
+            "credential": format!("v{MARKUP}"),
+            "entries": 1, "max_entries": 10, "hits": 2, "misses": 1, "refused": 0, "errors": 0,
         }],
         "requests": [{
             "at_ms": 1_899_999_999_000u64,
@@ -393,7 +495,8 @@ async fn status_page_inserts_data_as_text_and_keeps_it_when_a_refresh_fails() {
     };
     let upstream = MockUpstream::echo().await;
     let (good, bad) = (MockEntra::start().await, MockEntra::start().await);
-    let gw = gateway(&upstream, &good, &bad).await;
+    let vi = video_indexer().await;
+    let gw = gateway(&upstream, &good, &bad, &vi).await;
     let admin = gw.admin_url.clone().expect("admin listener");
     let page = body_text(client().get(format!("{admin}/status"))).await;
     gw.stop().await;
@@ -414,9 +517,9 @@ async fn status_page_inserts_data_as_text_and_keeps_it_when_a_refresh_fails() {
     );
     assert!(dom.contains("<title>azgate status</title>"), "a script ran");
     let shown = html_text("<img src=x onerror=\"document.title='pwned'\">");
-    // Every string of hostile_status is on the page as text: thirteen fields, plus the
+    // Every string of hostile_status is on the page as text: fifteen fields, plus the
     // request path, whose query ends in the same markup.
-    assert_eq!(dom.matches(&shown).count(), 14, "{dom}");
+    assert_eq!(dom.matches(&shown).count(), 16, "{dom}");
     assert!(dom.contains(&html_text(
         "/r/<script>document.title='pwned'</script>?a=1&b="
     )));

@@ -1,13 +1,17 @@
 //! `/status.json` and the `/status` page that renders it. Everything here is safe to show:
 //! paths are redacted by the access log, credentials show their source and token expiry,
-//! never a token.
+//! vending routes their cache size and counts, never a token.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json as j};
 
 use super::AdminState;
 use crate::credentials::TokenCache;
+use crate::credentials::video_indexer::ViewerTokens;
+use crate::proxy::vend::VendRoute;
 
 /// The self-contained status page (HTML, CSS and script inline; no external assets).
 pub const PAGE: &str = include_str!("status.html");
@@ -77,6 +81,7 @@ pub fn json(state: &AdminState) -> Value {
             }),
         })
         .collect();
+    let vend_routes: Vec<Value> = gateway.router.vend_routes().map(vend_route).collect();
     let started = state.telemetry.started();
     j!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -87,6 +92,7 @@ pub fn json(state: &AdminState) -> Value {
         "config": gateway.config.file,
         "routes": routes,
         "credentials": credentials,
+        "vend_routes": vend_routes,
         "requests": state.telemetry.history(),
     })
 }
@@ -99,4 +105,22 @@ fn sources_tried(cache: &TokenCache) -> Vec<Value> {
         .into_iter()
         .map(|step| j!({"source": step.source, "outcome": step.outcome.as_str(), "reason": step.reason}))
         .collect()
+}
+
+/// A vending route: its viewer-token cache (entries held, at most `max_entries`) and how
+/// its token requests were served since the route was built (a reload that keeps the
+/// route keeps its counts). Counts only: no token, no id.
+fn vend_route(route: &Arc<VendRoute>) -> Value {
+    let tokens = route.tokens.as_deref();
+    let count = |pick: fn(&ViewerTokens) -> u64| tokens.map(pick);
+    j!({
+        "prefix": route.prefix(),
+        "credential": route.config.credential,
+        "entries": tokens.map(|t| t.entries()),
+        "max_entries": route.config.max_entries,
+        "hits": count(|t| t.stats.hits.load(Ordering::Relaxed)),
+        "misses": count(|t| t.stats.misses.load(Ordering::Relaxed)),
+        "refused": count(|t| t.stats.refused.load(Ordering::Relaxed)),
+        "errors": count(|t| t.stats.errors.load(Ordering::Relaxed)),
+    })
 }
