@@ -449,8 +449,13 @@ async fn image_entrypoint_serves_answers_its_healthcheck_and_drains_on_sigterm()
     // variables the image's config reads.
     let (port, admin_port) = (free_port(), free_port());
     let logs = tempfile::NamedTempFile::new().unwrap();
+    // The image's `default` credential finds an App Service-style identity endpoint: a
+    // mock, so readiness (which fetches the first token) never reaches for a real one.
+    let identity = support::identity::MockIdentity::start().await;
     let mut serve = image.local(&image.command);
     serve
+        .env("IDENTITY_ENDPOINT", format!("{}/msi/token", identity.url))
+        .env("IDENTITY_HEADER", "deploy-test-header")
         .env("AZGATE_API_KEY", DUMMY)
         .env("AZGATE_PORT", port.to_string())
         .env("AZGATE_ADMIN_PORT", admin_port.to_string())
@@ -501,11 +506,14 @@ async fn image_entrypoint_serves_answers_its_healthcheck_and_drains_on_sigterm()
         .unwrap();
     assert_eq!(routed.status(), StatusCode::NOT_FOUND);
     assert_eq!(routed.headers()["x-azgate-error"], "route_not_found");
+    // Ready once the first token is in: the first probe starts its fetch.
     let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
-    assert_eq!(
-        http.get(&readyz).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.get(&readyz).send().await.unwrap().status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "never ready:\n{}", logs_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(identity.call_count(), 1);
 
     // SIGTERM: /readyz turns 503 at once while the proxy still serves for drain_delay,
     // then azgate exits 0.

@@ -379,11 +379,18 @@ async fn readiness_follows_the_credentials_routes_use() {
     .await;
     let admin = gw.admin_url.clone().unwrap();
     let c = client();
-    assert_eq!(
-        status(c.get(format!("{admin}/readyz"))).await,
-        200,
-        "nothing failed yet"
-    );
+    // The first probe starts the first fetch of the credential routes use (not of the
+    // unused one), and says so.
+    let first = c.get(format!("{admin}/readyz")).send().await.unwrap();
+    assert_eq!(first.status(), 503);
+    let body = support::json(first).await;
+    assert_eq!(body["status"], "starting");
+    assert_eq!(body["credentials"], serde_json::json!(["arm"]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while entra.call_count() < 1 {
+        assert!(std::time::Instant::now() < deadline, "no first fetch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(status(c.get(format!("{}/a/x", gw.url))).await, 502);
     let ready = c.get(format!("{admin}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);

@@ -227,6 +227,21 @@ fn readiness(state: &AdminState) -> Response<ProxyBody> {
         );
     }
     let gateway = state.gateway.load();
+    // A credential never used has its first token fetched now: until it is, whether the
+    // token endpoint works is unknown, and a pod must not take traffic on a guess (a
+    // wrong secret would make every request fail).
+    let first_fetch: Vec<&str> = gateway
+        .readiness_credentials()
+        .into_iter()
+        .filter(|credential| credential.cache().is_some_and(|cache| cache.warm()))
+        .map(|credential| credential.name())
+        .collect();
+    if !first_fetch.is_empty() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "starting", "reason": "fetching the first token of these credentials", "credentials": first_fetch}).to_string(),
+        );
+    }
     let failing: Vec<serde_json::Value> = gateway
         .readiness_credentials()
         .into_iter()

@@ -176,6 +176,21 @@ impl TokenCache {
         }
     }
 
+    /// Starts the first fetch of a cache never used, so its state can be known before any
+    /// request needs it (`/readyz` asks). Returns true while that first fetch is running,
+    /// i.e. while there is neither a token nor an error to report.
+    pub fn warm(self: &Arc<Self>) -> bool {
+        let mut state = self.lock();
+        if state.token.is_some() || state.last_error.is_some() {
+            return false;
+        }
+        if state.inflight.is_none() {
+            tracing::debug!(credential = %self.name, "readiness asked: fetching the first token");
+            drop(self.start_fetch(&mut state));
+        }
+        true
+    }
+
     /// Background upkeep without traffic (`refresher.rs` calls it): starts the fetch that
     /// is due for a cache that has been used — a retry once a failure's backoff has run
     /// out, or the refresh of a held token at its refresh point — and returns when it is
