@@ -666,3 +666,37 @@ fn the_examples_devcenter_endpoint_takes_a_host_or_a_whole_url() {
         );
     }
 }
+
+#[test]
+fn check_warns_about_a_certificate_that_expires_within_14_days() {
+    let files = TlsFiles::new("server", None);
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    files.write(&files.ca.server_valid("soon", now - day, now + 7 * day));
+    let config = files.dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n",
+    )
+    .unwrap();
+    let out = azgate()
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: ")
+            && stderr.contains("server.tls.cert: the certificate \"CN=soon\" expires in 6days"),
+        "{stderr}"
+    );
+    // A month left: no warning.
+    files.write(&files.ca.server_valid("later", now - day, now + 30 * day));
+    let out = azgate()
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("expires in"));
+}

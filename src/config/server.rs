@@ -248,9 +248,30 @@ pub fn tls(
         key: key?,
         client_ca: raw.client_ca.map(|file| base_dir.join(file)),
     };
-    if let Err(found) = super::tls::load(&files, SystemTime::now()) {
-        for err in found.0 {
-            problems.push(join(section, err.key()), err.to_string());
+    let now = SystemTime::now();
+    match super::tls::load(&files, now) {
+        Ok(material) => {
+            let validity = &material.validity;
+            if let Ok(left) = validity.not_after.duration_since(now)
+                && left <= super::tls::EXPIRY_WARNING
+            {
+                problems.warn(
+                    join(section, "cert"),
+                    format!(
+                        "the certificate \"{}\" expires in {} (at {}): replace it",
+                        validity.subject,
+                        humantime::format_duration(Duration::from_secs(
+                            left.as_secs() / 3600 * 3600
+                        )),
+                        super::tls::rfc3339(validity.not_after)
+                    ),
+                );
+            }
+        }
+        Err(found) => {
+            for err in found.0 {
+                problems.push(join(section, err.key()), err.to_string());
+            }
         }
     }
     // The paths stand even when the files do not: the problems above fail the config,

@@ -23,15 +23,14 @@ use tokio_rustls::TlsAcceptor;
 
 use super::failures::FailureLog;
 use crate::config::TlsConfig;
-use crate::config::tls::{Pem, TlsMaterial, TlsProblems, Validity, rfc3339};
+use crate::config::tls::{EXPIRY_WARNING, Pem, TlsMaterial, TlsProblems, Validity, rfc3339};
 use crate::telemetry::Telemetry;
 
 /// How often the PEM files are checked for changes. Short enough that a rotated
 /// certificate is served within a second, long enough that the reads cost nothing; and
 /// polling, unlike directory events, cannot be held back by other files changing there.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// A certificate this close to its expiry is warned about at every load and once a day.
-const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+/// How often an expiring certificate is warned about again.
 const EXPIRY_REMINDER: Duration = Duration::from_secs(24 * 3600);
 
 /// Terminates TLS for one listener with the current certificate.

@@ -32,6 +32,10 @@ pub struct Validity {
     pub not_after: SystemTime,
 }
 
+/// A certificate this close to its expiry is warned about: by `check`, and by `serve` at
+/// every load and once a day.
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
 /// A rustls config ready to serve, and what it serves.
 pub struct TlsMaterial {
     pub config: ServerConfig,
