@@ -24,7 +24,9 @@ const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
 pub fn check_filter(text: &str) -> Result<(), String> {
     let is_level = |word: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word.trim()));
     for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, level)| level);
         if !is_level(level) {
             return Err(format!(
                 "\"{directive}\" is not a level; expected one of {} (or directives such as \"info,azgate=debug\")",
@@ -77,7 +79,10 @@ pub fn init(config: &LogConfig) {
         && !text.trim().is_empty()
         && let Err(why) = check_filter(&text)
     {
-        tracing::warn!("RUST_LOG ignored: {why}; logging at log.level = \"{}\"", config.level);
+        tracing::warn!(
+            "RUST_LOG ignored: {why}; logging at log.level = \"{}\"",
+            config.level
+        );
     }
 }
 
@@ -171,7 +176,13 @@ mod tests {
 
     #[test]
     fn filters_are_levels_or_target_levels() {
-        for good in ["info", "WARN", "off", "info,azgate=debug", "azgate::access=warn, info"] {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "info,azgate=debug",
+            "azgate::access=warn, info",
+        ] {
             assert_eq!(check_filter(good), Ok(()), "{good}");
         }
         for bad in ["warning", "verbose", "bogus", "info,azgate=loud", "azgate"] {
