@@ -297,6 +297,8 @@ async fn a_chunked_body_under_the_buffer_is_replayed_byte_for_byte() {
 
 #[tokio::test(start_paused = true)]
 async fn the_budget_caps_retries_under_a_sustained_outage() {
+    let logs = support::logs::LogCapture::default();
+    let _guard = logs.install_json(tracing::Level::INFO);
     let upstream = Scripted::start(vec![reply(429).header("retry-after", "0")]).await;
     let gw = gateway(&upstream, "").await;
     let c = client();
@@ -312,6 +314,17 @@ async fn the_budget_caps_retries_under_a_sustained_outage() {
     // of 30 retries in the 10 s window (20% of 100 is less).
     assert_eq!(upstream.count(), 130);
     assert!(retried <= 30, "{retried}");
+    // About 70 requests found the budget spent: one log line says so, not 70.
+    let spent = logs
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("retry budget of the route is spent"))
+        })
+        .count();
+    assert_eq!(spent, 1, "{}", logs.text());
     // Once the window has slid past, retries are allowed again.
     tokio::time::advance(Duration::from_secs(11)).await;
     // A new client: the idle pooled connection was closed by the header timeout meanwhile.

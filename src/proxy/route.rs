@@ -33,6 +33,9 @@ pub struct Route {
     pub key_digests: Option<Vec<KeyDigest>>,
     /// Bodies whose links could not be rewritten are logged at most once a minute.
     pub rewrite_warnings: LogLimiter,
+    /// Requests returned without retry because the budget was spent: logged at most every
+    /// 10 s, with the count held back.
+    pub budget_warnings: LogLimiter,
 }
 
 impl Route {
@@ -67,6 +70,7 @@ impl Route {
             retry_budget: RetryBudget::default(),
             key_digests,
             rewrite_warnings: LogLimiter::new(std::time::Duration::from_secs(60)),
+            budget_warnings: LogLimiter::new(std::time::Duration::from_secs(10)),
         }
     }
 

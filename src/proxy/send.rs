@@ -174,13 +174,19 @@ pub async fn send_with_retry(
                 tokio::time::sleep(wait).await;
             }
             Decision::Retry { .. } => {
-                tracing::warn!(
-                    route = %route.prefix(),
-                    attempt = attempts,
-                    outcome = %describe(&result),
-                    request_id,
-                    "retry budget of the route is spent: returning the upstream's answer"
-                );
+                // Under a sustained outage this is every request: one line per interval,
+                // with the count held back, not one per request.
+                if let Some(held_back) = route.budget_warnings.allow() {
+                    tracing::warn!(
+                        route = %route.prefix(),
+                        attempt = attempts,
+                        outcome = %describe(&result),
+                        request_id,
+                        held_back,
+                        "retry budget of the route is spent: returning the upstream's answer \
+                         (held_back: answers like it since the last line)"
+                    );
+                }
                 return finish(result, attempts, started, authorization);
             }
             Decision::Stop(_) => return finish(result, attempts, started, authorization),
