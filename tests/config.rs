@@ -475,7 +475,15 @@ fn an_empty_inbound_key_names_its_variable() {
         problems_with(text, &[]),
         [
             "bad.toml: server.inbound.api_keys[0]: environment variable AZGATE_API_KEY is not set \
-          (write ${AZGATE_API_KEY:-default} to allow a default)"
+          (it holds a secret: set it in azgate's environment)"
+        ]
+    );
+    // An ordinary value is offered a default.
+    assert_eq!(
+        problems("[server]\nlisten = \"${CONFIG_TEST_UNSET_LISTEN}\"\n"),
+        [
+            "bad.toml: server.listen: environment variable CONFIG_TEST_UNSET_LISTEN is not set \
+          (write ${CONFIG_TEST_UNSET_LISTEN:-default} to allow a default)"
         ]
     );
 }

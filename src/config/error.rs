@@ -56,6 +56,9 @@ pub struct Problems {
     /// for them (`server.inbound.allow` for `alow`), or an unknown preset would have filled
     /// them. A "missing key" there has the same root cause and is not reported again.
     explained: HashSet<String>,
+    /// Key paths whose `${VAR}` is not set: the unexpanded text that stays there is not a
+    /// second problem (an "invalid address" after "variable not set").
+    unset: HashSet<String>,
 }
 
 impl Problems {
@@ -63,11 +66,20 @@ impl Problems {
     /// message names it.
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();
+        if self.unset.contains(&path) {
+            return;
+        }
         let mut message = message.into();
         if let Some(origin) = self.origins.get(&path) {
             message.push_str(origin);
         }
         self.problems.push(Problem { path, message });
+    }
+
+    /// Records that the variable of the value at `path` is not set: the one problem there.
+    pub(super) fn unset_variable(&mut self, path: &str, message: String) {
+        self.push(path, message);
+        self.unset.insert(path.to_string());
     }
 
     /// Records a required key that is absent — unless a misspelling of it was reported.

@@ -24,7 +24,7 @@ pub fn interpolate_tree(
                     }
                     *s = expanded;
                 }
-                Err(message) => problems.push(path, message),
+                Err(message) => problems.unset_variable(path, with_hint(message, s, path)),
             }
         }
         toml::Value::Array(items) => {
@@ -38,6 +38,36 @@ pub fn interpolate_tree(
             }
         }
         _ => {}
+    }
+}
+
+/// Keys that hold secrets: a default written into the file would be a secret in the file.
+const SECRET_KEYS: &[&str] = &[
+    "api_keys",
+    "client_secret",
+    "subscription_key",
+    "secondary_key",
+    "key",
+    "value",
+];
+
+/// What to do about an unset variable: a default for ordinary values; for a secret, set
+/// the variable (a default there would be a fixed secret written in the file).
+fn with_hint(message: String, text: &str, path: &str) -> String {
+    let Some(name) = message
+        .strip_prefix("environment variable ")
+        .and_then(|rest| rest.strip_suffix(" is not set"))
+    else {
+        return message;
+    };
+    let key = path.rsplit('.').next().unwrap_or(path);
+    let key = key.split('[').next().unwrap_or(key);
+    if SECRET_KEYS.contains(&key) {
+        format!("{message} (it holds a secret: set it in azgate's environment)")
+    } else if text.contains("${") {
+        format!("{message} (write ${{{name}:-default}} to allow a default)")
+    } else {
+        message
     }
 }
 
@@ -110,9 +140,7 @@ fn expand(
                 }
                 (None, Some(fallback)) => out.push_str(fallback),
                 (None, None) => {
-                    return Err(format!(
-                        "environment variable {name} is not set (write ${{{name}:-default}} to allow a default)"
-                    ));
+                    return Err(format!("environment variable {name} is not set"));
                 }
             }
             rest = &inner[end + 1..];
