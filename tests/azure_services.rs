@@ -166,7 +166,8 @@ async fn a_paged_list_is_followed_to_the_end_through_rewritten_next_links() {
     })
     .await;
     let gw = Azgate::start(&format!(
-        "[[routes]]\nprefix = \"/arm\"\npreset = \"arm\"\nupstream = \"{}\"\nrewrite_body_links = true\n",
+        // No rewrite_body_links: the preset turns it on.
+        "[[routes]]\nprefix = \"/arm\"\npreset = \"arm\"\nupstream = \"{}\"\n",
         arm.url
     ))
     .await;
@@ -600,4 +601,51 @@ async fn a_video_indexer_upload_streams_with_the_token_injected() {
             .starts_with("multipart/form-data")
     );
     assert_eq!(vi.call_count(), 1);
+}
+
+#[test]
+fn presets_whose_lists_page_by_body_links_rewrite_them_by_default() {
+    support::init();
+    let text = r#"
+        [[routes]]
+        prefix = "/arm"
+        preset = "arm"
+        [[routes]]
+        prefix = "/dc"
+        preset = "devcenter"
+        endpoint = "x.devcenter.azure.com"
+        [[routes]]
+        prefix = "/vi"
+        preset = "video_indexer"
+        [[routes]]
+        prefix = "/ams"
+        preset = "media_services_v2"
+        account = "a"
+        region = "westeurope"
+        [[routes]]
+        prefix = "/arm-raw"
+        preset = "arm"
+        rewrite_body_links = false
+        [[routes]]
+        prefix = "/plain"
+        upstream = "https://example.com"
+    "#;
+    let config =
+        azgate::config::parse(text, "t.toml", std::path::Path::new("."), &|_| None).unwrap();
+    let rewrites: Vec<(&str, bool)> = config
+        .routes
+        .iter()
+        .map(|r| (r.prefix.as_str(), r.rewrite_body_links))
+        .collect();
+    assert_eq!(
+        rewrites,
+        [
+            ("/arm", true),
+            ("/dc", true),
+            ("/vi", true),
+            ("/ams", false),
+            ("/arm-raw", false),
+            ("/plain", false),
+        ]
+    );
 }

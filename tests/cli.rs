@@ -664,6 +664,14 @@ fn the_examples_devcenter_endpoint_takes_a_host_or_a_whole_url() {
                     && l.contains(" https://x.devcenter.azure.com ")),
             "{value}:\n{stdout}"
         );
+        // The preset expansion says that body links (nextLink) are rewritten.
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with("/devcenter = devcenter:")
+                    && l.contains("body links rewritten")),
+            "{value}:\n{stdout}"
+        );
     }
 }
 

@@ -298,6 +298,12 @@ fn expand_preset(
         humantime::format_duration(route.timeout)
     ));
     parts.push(format!("max_body {} bytes", route.max_body));
+    if route.rewrite_body_links {
+        parts.push(format!(
+            "body links rewritten (JSON up to {} bytes)",
+            route.rewrite_body_limit
+        ));
+    }
     parts.push(format!(
         "retry {} attempts, max_delay {}",
         route.retry.max_attempts,

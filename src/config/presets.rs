@@ -98,6 +98,12 @@ impl Preset {
             raw.endpoint.is_some(),
             problems,
         );
+        // Their lists page by absolute links in the body (`nextLink`, `@odata.nextLink`)
+        // and their long-running operations answer with status URLs in it: rewritten, so a
+        // client's SDK keeps paging through azgate instead of walking out to the upstream.
+        if matches!(self, Preset::Arm | Preset::DevCenter | Preset::VideoIndexer) {
+            raw.rewrite_body_links.get_or_insert(true);
+        }
         match self {
             Preset::VideoIndexer => {
                 raw.upstream
