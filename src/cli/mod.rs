@@ -138,6 +138,18 @@ fn serve(source: ConfigSource) -> ExitCode {
                  /arm -> https://management.azure.com with the `default` credential (after `az login`)"
             );
         }
+        // Watching starts before the listeners announce themselves: a change made as soon
+        // as the server is up is seen.
+        let mut watcher = match &source {
+            ConfigSource::File(path) => match server::reload::ConfigWatcher::new(path) {
+                Ok(watcher) => Some(watcher),
+                Err(err) => {
+                    tracing::warn!("{err}; the config reloads on SIGHUP only");
+                    None
+                }
+            },
+            ConfigSource::Embedded => None,
+        };
         let mut signals = server::shutdown::Signals::install();
         let running = match server::start(config, crate::env::Env::process()).await {
             Ok(running) => running,
@@ -151,16 +163,6 @@ fn serve(source: ConfigSource) -> ExitCode {
                 tracing::error!("{err}");
                 return ExitCode::FAILURE;
             }
-        };
-        let mut watcher = match &source {
-            ConfigSource::File(path) => match server::reload::ConfigWatcher::new(path) {
-                Ok(watcher) => Some(watcher),
-                Err(err) => {
-                    tracing::warn!("{err}; the config reloads on SIGHUP only");
-                    None
-                }
-            },
-            ConfigSource::Embedded => None,
         };
         let signal = loop {
             let file_changed = async {

@@ -257,6 +257,18 @@ impl TokenCache {
         let now = Instant::now();
         state.inflight = None;
         state.fetches += 1;
+        // A token that cannot be injected (expires_in 0, or already expired) is a failed
+        // fetch: backed off like one, not fetched again by every request.
+        let result = result.and_then(|token| {
+            if token.usable(now) {
+                Ok(token)
+            } else {
+                Err(FetchError::new(format!(
+                    "the token endpoint returned a token that expires in {}s, too soon to use",
+                    token.time_left(now).as_secs()
+                )))
+            }
+        });
         match result {
             Ok(token) => {
                 let token = Arc::new(token);

@@ -12,6 +12,9 @@ use crate::secret::Secret;
 
 /// Longest a margin may be: a token is not injected in its last 30 s.
 const MAX_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+/// Longest token lifetime believed: Entra ID and managed identity tokens live at most a
+/// day; an `expires_in` of years is a broken endpoint (and would overflow the clock).
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Refresh starts at most this long before expiry (when the source gives no `refresh_in`).
 const MAX_REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
 
@@ -32,6 +35,12 @@ impl Token {
     /// A token that expires `expires_in` from now. Fails if the token cannot be sent in a
     /// header (the source returned garbage).
     pub fn new(value: String, expires_in: Duration) -> Result<Self, FetchError> {
+        if expires_in > MAX_LIFETIME {
+            return Err(FetchError::new(format!(
+                "its expires_in of {}s is not a plausible lifetime (tokens live minutes to hours)",
+                expires_in.as_secs()
+            )));
+        }
         let mut bearer = HeaderValue::from_str(&format!("Bearer {value}"))
             .map_err(|_| FetchError::new("the token holds characters not allowed in a header"))?;
         bearer.set_sensitive(true);
@@ -47,7 +56,10 @@ impl Token {
 
     /// Sets the source's own refresh hint (`refresh_in`).
     pub fn with_refresh_in(mut self, refresh_in: Option<Duration>) -> Self {
-        self.refresh_at = refresh_in.map(|d| self.fetched_at + d);
+        // A hint past expiry means nothing: refresh by the usual rule then.
+        self.refresh_at = refresh_in
+            .filter(|d| *d < self.lifetime())
+            .map(|d| self.fetched_at + d);
         self
     }
 

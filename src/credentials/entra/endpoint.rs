@@ -179,7 +179,7 @@ fn parse_token_response(body: &str) -> Result<Token, FetchError> {
     let (expires_in, refresh_in) = token::parse_expiry(&json)
         .map_err(|e| FetchError::new(format!("answered with {}", e.message)))?;
     Ok(Token::new(access_token, expires_in)
-        .map_err(|e| FetchError::new(format!("answered with a token that {}", e.message)))?
+        .map_err(|e| FetchError::new(format!("answered with an unusable token: {}", e.message)))?
         .with_refresh_in(refresh_in))
 }
 
