@@ -1,9 +1,12 @@
-//! The access log: one event per request with its facts, and no secrets in it.
+//! The access log: one event per request with its facts, and no secrets in it; a response
+//! the upstream cut short (reset mid-body, stalled after its headers) is logged
+//! `complete=false` and reaches the client truncated, never as a short complete body.
 
 mod support;
 
 use support::logs::LogCapture;
 use support::{Azgate, MockUpstream, client};
+use tokio::io::AsyncWriteExt;
 
 // A current-thread runtime keeps every task on this thread, under the scoped subscriber.
 #[tokio::test(flavor = "current_thread")]
@@ -85,4 +88,101 @@ async fn one_json_line_per_request_without_secrets() {
     assert_eq!(e["status"], 404);
     assert_eq!(e["error"], "route_not_found");
     assert!(e.get("route").is_none());
+}
+
+fn plain_route(upstream: &str, extra: &str) -> String {
+    format!("[[routes]]\nprefix = \"/up\"\nupstream = \"{upstream}\"\n{extra}\n")
+}
+
+/// The access-log event of the request to `path`, written when its response body ends
+/// (waits for it, at most 5 s).
+async fn access_event(logs: &support::logs::LogCapture, path: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(event) = logs.events().into_iter().find(|e| e["path"] == path) {
+            return event;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access line for {path}:\n{}",
+            logs.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_upstream_reset_mid_body_is_a_truncated_response_not_a_short_complete_one() {
+    let logs = support::logs::LogCapture::default();
+    let _guard = logs.install_json(tracing::Level::INFO);
+    let (upstream, _) = support::raw::upstream(|mut stream| async move {
+        support::raw::read_head(&mut stream).await;
+        let _ = stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\n\r\n",
+            )
+            .await;
+        let _ = stream.write_all(&[b'x'; 100]).await;
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    })
+    .await;
+    let gw = Azgate::start(&plain_route(&upstream, "")).await;
+    for (client, path) in [(client(), "/up/h1"), (support::h2c_client(), "/up/h2")] {
+        let response = client
+            .get(format!("{}{path}", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let body = response.bytes().await;
+        assert!(
+            body.is_err(),
+            "{path}: a cut body read as complete: {body:?}"
+        );
+    }
+    for path in ["/up/h1", "/up/h2"] {
+        let event = access_event(&logs, path).await;
+        assert_eq!(event["complete"], false, "{path}: {event}");
+        assert_eq!(event["status"], 200);
+    }
+    // Still serving.
+    let still = client()
+        .get(format!("{}/nowhere", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.status(), 404);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_upstream_that_stalls_after_its_headers_is_cut_at_the_route_timeout() {
+    let logs = support::logs::LogCapture::default();
+    let _guard = logs.install_json(tracing::Level::INFO);
+    let (upstream, _) = support::raw::upstream(|mut stream| async move {
+        support::raw::read_head(&mut stream).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            .await;
+        // Then nothing, for longer than the test.
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    })
+    .await;
+    let gw = Azgate::start(&plain_route(&upstream, "timeout = \"1s\"")).await;
+    let started = std::time::Instant::now();
+    let response = client()
+        .get(format!("{}/up/stall", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.bytes().await.is_err(),
+        "the stalled body must end as an error"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(5),
+        "cut after {took:?}"
+    );
+    assert_eq!(access_event(&logs, "/up/stall").await["complete"], false);
 }

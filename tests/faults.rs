@@ -174,7 +174,7 @@ async fn a_token_endpoint_that_resets_mid_answer_is_a_clear_credential_error() {
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"access_token\":\"ab",
                 )
                 .await;
-            let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
             drop(stream);
         }
     });
@@ -212,4 +212,92 @@ async fn a_token_host_that_does_not_resolve_is_a_clear_credential_error() {
     );
     assert!(message.contains("login.azgate-test.invalid"), "{message}");
     assert!(seen.lock().unwrap().is_empty());
+}
+
+// Upstream faults: a raw TCP upstream scripted byte by byte.
+
+fn plain_route(upstream: &str, extra: &str) -> String {
+    format!("[[routes]]\nprefix = \"/up\"\nupstream = \"{upstream}\"\n{extra}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_closes_an_idle_pooled_connection_costs_the_client_nothing() {
+    let (upstream, connections) = support::raw::upstream(|mut stream| async move {
+        support::raw::read_head(&mut stream).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok")
+            .await;
+        // Keep-alive promised, then the connection is closed once idle.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        drop(stream);
+    })
+    .await;
+    let gw = Azgate::start(&plain_route(&upstream, "")).await;
+    let url = format!("{}/up/x", gw.url);
+    for round in 0..5 {
+        let response = client().get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "round {round}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        5,
+        "a new connection each time"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_bytes_that_are_not_http_is_a_clear_502() {
+    let (upstream, _) = support::raw::upstream(|mut stream| async move {
+        support::raw::read_head(&mut stream).await;
+        let _ = stream
+            .write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+            .await;
+    })
+    .await;
+    let gw = Azgate::start(&plain_route(&upstream, "[routes.retry]\nmax_attempts = 1")).await;
+    let (status, code, message) = answer(&format!("{}/up/x", gw.url)).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (502, "upstream_unreachable"),
+        "{message}"
+    );
+    assert!(
+        message.contains(upstream.trim_start_matches("http://")),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_expect_100_continue_upload_goes_through() {
+    let upstream = MockUpstream::echo().await;
+    let gw = Azgate::start(&plain_route(&upstream.url, "")).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let body = vec![b'u'; 100_000];
+    stream
+        .write_all(
+            format!(
+                "PUT /up/upload HTTP/1.1\r\nHost: azgate\r\nContent-Length: {}\r\n\
+                 Expect: 100-continue\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The client waits for the interim answer before it sends the body.
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&interim).starts_with("HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
+    stream.write_all(&body).await.unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("\"body_len\":100000"), "{text}");
 }

@@ -226,9 +226,11 @@ async fn forward(
         &template,
         &mut body,
         authorization,
-        scope.as_ref(),
-        deadline,
-        &log.request_id,
+        &send::RequestFacts {
+            id: &log.request_id,
+            scope: scope.as_ref(),
+            deadline,
+        },
         telemetry,
     )
     .await;

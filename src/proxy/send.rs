@@ -70,16 +70,25 @@ pub async fn authorize_until(
     }
 }
 
+/// What the send phase needs to know about the request beyond its template.
+pub struct RequestFacts<'a> {
+    /// The client's (or azgate's) request id, for log lines.
+    pub id: &'a str,
+    /// The video or project a scoped token is for (`scoped_tokens`).
+    pub scope: Option<&'a Scope>,
+    /// The route timeout's end, counted from before the token wait.
+    pub deadline: Instant,
+}
+
 pub async fn send_with_retry(
     route: &Route,
     template: &UpstreamRequest,
     body: &mut ReplayBody,
     mut authorization: Option<Authorization>,
-    scope: Option<&Scope>,
-    deadline: Instant,
-    request_id: &str,
+    request: &RequestFacts<'_>,
     telemetry: &Telemetry,
 ) -> Sent {
+    let (scope, deadline, request_id) = (request.scope, request.deadline, request.id);
     let started = Instant::now();
     let policy = &route.config.retry;
     route.retry_budget.record_request();
