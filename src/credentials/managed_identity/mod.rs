@@ -9,6 +9,8 @@
 //! `probing()` is the `default` chain's quick look: one attempt with short timeouts, so a
 //! machine without an identity endpoint says so in about a second instead of hanging.
 
+mod wire;
+
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
@@ -18,6 +20,7 @@ use super::token::{self, FetchError, FetchFuture, Token, TokenSource};
 use crate::config::ManagedIdentityConfig;
 use crate::env::Env;
 use crate::secret::Secret;
+use wire::{error_detail, parse_token};
 
 const IMDS_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 const IMDS_API_VERSION: &str = "2018-02-01";
@@ -283,43 +286,6 @@ impl TokenSource for ManagedIdentity {
     }
 }
 
-/// A success body: `access_token` and an expiry in one of its shapes. Nothing from the
-/// body goes into an error message, since it may hold the token.
-fn parse_token(body: &str) -> Result<Token, FetchError> {
-    let json: serde_json::Value = serde_json::from_str(body).map_err(|_| {
-        FetchError::new(format!(
-            "the managed identity endpoint answered with a body that is not JSON ({} bytes)",
-            body.len()
-        ))
-    })?;
-    let Some(value) = json["access_token"].as_str().filter(|t| !t.is_empty()) else {
-        return Err(FetchError::new(
-            "the managed identity endpoint's answer has no access_token",
-        ));
-    };
-    let (expires_in, refresh_in) = token::parse_expiry(&json)?;
-    Ok(Token::new(value.to_string(), expires_in)?.with_refresh_in(refresh_in))
-}
-
-/// The readable part of an error body: IMDS sends `{"error","error_description"}`, App
-/// Service `{"statusCode","message"}`, some proxies `{"error":{"message"}}`.
-fn error_detail(body: &str) -> String {
-    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    let text = [
-        &json["error_description"],
-        &json["message"],
-        &json["Message"],
-        &json["error"]["message"],
-        &json["error"],
-    ]
-    .into_iter()
-    .find_map(|v| v.as_str().filter(|s| !s.trim().is_empty()));
-    match text {
-        Some(text) => text.lines().next().unwrap_or_default().trim().to_string(),
-        None => token::snippet(body),
-    }
-}
-
 /// The innermost error (e.g. "Connection refused (os error 111)"): reqwest's own message
 /// only says that sending failed.
 fn root_cause(error: &reqwest::Error) -> String {
@@ -331,154 +297,4 @@ fn root_cause(error: &reqwest::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Audience;
-    use std::collections::HashMap;
-
-    fn source(vars: &[(&str, &str)], client_id: Option<&str>) -> ManagedIdentity {
-        let config = ManagedIdentityConfig {
-            audience: Audience::Scope("https://management.azure.com/.default".into()),
-            client_id: client_id.map(str::to_string),
-            endpoint: None,
-        };
-        let env = Env::from_map(
-            vars.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<HashMap<_, _>>(),
-        );
-        ManagedIdentity::new(&config, &env)
-    }
-
-    #[test]
-    fn urls_per_protocol() {
-        let imds = source(&[], Some("a b&c"));
-        assert_eq!(
-            imds.request_url().unwrap().as_str(),
-            "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01\
-             &resource=https%3A%2F%2Fmanagement.azure.com&client_id=a+b%26c"
-        );
-        let app = source(
-            &[
-                ("IDENTITY_ENDPOINT", "http://127.0.0.1:41741/msi/token"),
-                ("IDENTITY_HEADER", "h"),
-            ],
-            None,
-        );
-        assert_eq!(
-            app.request_url().unwrap().as_str(),
-            "http://127.0.0.1:41741/msi/token?resource=https%3A%2F%2Fmanagement.azure.com\
-             &api-version=2019-08-01"
-        );
-        // Only one of the two variables: not App Service.
-        let half = source(&[("IDENTITY_ENDPOINT", "http://127.0.0.1:1/x")], None);
-        assert!(half.describe().contains("IMDS"), "{}", half.describe());
-        assert_eq!(app.attempts(), 1);
-        assert_eq!(imds.attempts(), IMDS_ATTEMPTS);
-        assert_eq!(source(&[], None).probing().attempts(), 1);
-    }
-
-    fn probe_at(endpoint: String) -> ManagedIdentity {
-        crate::install_crypto_provider();
-        let config = ManagedIdentityConfig {
-            audience: Audience::Resource("https://management.azure.com".into()),
-            client_id: None,
-            endpoint: Some(endpoint),
-        };
-        ManagedIdentity::new(&config, &Env::from_map(HashMap::new())).probing()
-    }
-
-    /// The `default` chain's probe (not reachable through the public API until the chain
-    /// lands): a refused connection is one attempt and an immediate answer.
-    #[tokio::test]
-    async fn probing_a_closed_port_fails_fast() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let started = std::time::Instant::now();
-        let err = probe_at(format!("http://{closed}/token"))
-            .fetch_token()
-            .await
-            .unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(3));
-        assert!(
-            err.message
-                .starts_with("no managed identity endpoint answered at http://127.0.0.1:"),
-            "{}",
-            err.message
-        );
-        assert!(!err.message.contains("gave up"), "{}", err.message);
-    }
-
-    /// An endpoint that accepts but never answers (what a firewall or a stuck IMDS looks
-    /// like) is given up on at the probe's 2 s limit, not the normal 10 s one.
-    #[tokio::test(start_paused = true)]
-    async fn probing_a_silent_endpoint_gives_up_at_two_seconds() {
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let started = Instant::now();
-        let err = probe_at(format!("http://{}/token", silent.local_addr().unwrap()))
-            .fetch_token()
-            .await
-            .unwrap_err();
-        let waited = started.elapsed();
-        assert!(
-            waited >= PROBE_CONNECT_TIMEOUT && waited <= PROBE_TIMEOUT,
-            "{waited:?}"
-        );
-        assert!(err.message.ends_with(": timed out"), "{}", err.message);
-        drop(silent);
-    }
-
-    #[test]
-    fn describe_hides_the_identity_header() {
-        let app = source(
-            &[
-                ("IDENTITY_ENDPOINT", "http://127.0.0.1:41741/msi/token"),
-                ("IDENTITY_HEADER", "very-secret-header"),
-            ],
-            Some("1234"),
-        );
-        let text = app.describe();
-        assert!(!text.contains("very-secret-header"), "{text}");
-        assert!(text.contains("client_id 1234"), "{text}");
-    }
-
-    #[test]
-    fn error_details() {
-        let cases = [
-            (
-                r#"{"error":"invalid_request","error_description":"Identity not found"}"#,
-                "Identity not found",
-            ),
-            (
-                r#"{"statusCode":400,"message":"Unable to load the proper Managed Identity."}"#,
-                "Unable to load the proper Managed Identity.",
-            ),
-            (
-                r#"{"error":{"code":"x","message":"from a proxy"}}"#,
-                "from a proxy",
-            ),
-            (r#"{"error":"invalid_resource"}"#, "invalid_resource"),
-            ("<html>\n<b>Bad</b>\n</html>", "<html> <b>Bad</b> </html>"),
-            ("", "(empty body)"),
-        ];
-        for (body, want) in cases {
-            assert_eq!(error_detail(body), want, "{body}");
-        }
-    }
-
-    #[test]
-    fn bad_success_bodies_do_not_echo_the_body() {
-        for body in [
-            "not json secret-token",
-            r#"{"access_token":""}"#,
-            r#"{"token":"secret-token"}"#,
-            r#"{"access_token":"secret-token"}"#,
-            r#"{"access_token":"secret-token","expires_on":"tomorrow"}"#,
-        ] {
-            let err = parse_token(body).unwrap_err();
-            assert!(!err.message.contains("secret-token"), "{}", err.message);
-        }
-    }
-}
+mod tests;
