@@ -634,7 +634,7 @@ fn the_built_in_default_names_its_credential_default() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "an unknown NAME is a config problem");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("no credential named \"arm\" in <embedded default>; known: default"),

@@ -76,7 +76,9 @@ pub(super) fn token(source: ConfigSource, name: &str, viewer: Option<ViewerAsk>)
                 subset.known.join(", ")
             }
         );
-        return ExitCode::FAILURE;
+        // A name the config does not have is a problem of the command line and config,
+        // like one in NAME's own definition: exit 2, not the fetch failure's 1.
+        return ExitCode::from(EXIT_CONFIG);
     };
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
