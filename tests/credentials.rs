@@ -335,7 +335,11 @@ async fn token_and_probe_commands_never_print_what_they_should_not() {
     let out = run(vec!["token".into(), "nope".into(), "-c".into(), p.clone()])
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown NAME is a config problem"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("known: arm, broken, key"));
 
     let out = run(vec![

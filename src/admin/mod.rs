@@ -1,31 +1,23 @@
-//! The admin listener: health, readiness, metrics (OpenMetrics or Prometheus text, as the
-//! scraper asks) and the status page. It never
-//! proxies. It can have its own TLS and inbound controls (`[admin.tls]`,
-//! `[admin.inbound]`), checked like the proxy listener's.
+//! The admin endpoints: health, readiness, metrics (OpenMetrics or Prometheus text, as the
+//! scraper asks) and the status page. They never proxy. Their inbound controls
+//! (`[admin.inbound]`) are checked here, like the proxy listener's; the listener that serves
+//! them, with its own TLS (`[admin.tls]`), is `server::admin_listener`.
 
 mod metrics;
 mod status;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 use crate::gateway::Gateway;
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::headers::AZGATE_KEY;
 use crate::proxy::inbound::access::KeyDigest;
-use crate::server::TlsTerminatorHandle;
 use crate::telemetry::Telemetry;
 
 /// Process health shared between the server and the admin endpoints.
@@ -50,84 +42,10 @@ pub struct AdminState {
     pub telemetry: Arc<Telemetry>,
     /// The hot state; its `admin_access` decides who may call (it follows reloads).
     pub gateway: Arc<ArcSwap<Gateway>>,
-    pub tls: Option<TlsTerminatorHandle>,
 }
 
-/// A client must finish its TLS handshake and request head within this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest request head the admin endpoints read (hyper answers 431 beyond it): room
-/// for a browser's cookies on the status page, and a bound on what a connection can hold.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-
-/// Resolves once `stop` turns true (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
-}
-
-/// Serves admin requests until `stop` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!("admin listener accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => return,
-        };
-        tokio::spawn(serve_connection(stream, peer, state.clone()));
-    }
-}
-
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<AdminState>) {
-    let service = {
-        let state = state.clone();
-        service_fn(move |request| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(respond(&request, peer, &state)) }
-        })
-    };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES);
-    builder.http2().max_header_list_size(MAX_HEAD_BYTES as u32);
-    let result = match &state.tls {
-        Some(tls) => {
-            let handshake = tls.acceptor().accept(stream);
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                Ok(Ok(stream)) => {
-                    builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                }
-                Ok(Err(err)) => {
-                    tls.handshake_failed(peer, &err);
-                    return;
-                }
-                Err(_) => {
-                    tls.handshake_timed_out(peer);
-                    return;
-                }
-            }
-        }
-        None => {
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-        }
-    };
-    if let Err(err) = result {
-        tracing::debug!(%peer, "admin connection ended: {err}");
-    }
-}
-
-fn respond(
+/// The answer to one admin request (the listener itself is in `server::admin_listener`).
+pub fn respond(
     request: &Request<Incoming>,
     peer: SocketAddr,
     state: &AdminState,

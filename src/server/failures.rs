@@ -134,7 +134,7 @@ pub async fn report_until(logs: Vec<Arc<FailureLog>>, mut stopped: watch::Receiv
     loop {
         tokio::select! {
             _ = ticks.tick() => logs.iter().for_each(|log| log.report_if_due()),
-            () = crate::admin::stopped(&mut stopped) => break,
+            () = super::lifecycle::stopped(&mut stopped) => break,
         }
     }
     logs.iter().for_each(|log| log.flush());

@@ -141,6 +141,12 @@ pub async fn reached(phase: &mut watch::Receiver<Phase>, at: Phase) {
     let _ = phase.wait_for(|p| *p >= at).await;
 }
 
+/// Resolves once `stop` turns true (or its sender is gone): how the server's background
+/// tasks (file watchers, failure reports, the admin listener) learn to stop.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

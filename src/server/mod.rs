@@ -3,6 +3,7 @@
 //! hyper-util's auto builder, and drain on shutdown. What is bound and which phase the
 //! server is in live in `lifecycle`, which reload and shutdown both consult.
 
+mod admin_listener;
 mod connection;
 mod deadlines;
 pub mod failures;

@@ -9,11 +9,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpSocket};
 
+use super::admin_listener::{self, AdminListener};
 use super::failures::{self, FailureLog};
 use super::lifecycle::{Bound, Lifecycle, Phase, reached};
 use super::listener::{self, ListenerSettings};
 use super::{Drained, RunningServer, StartError, TlsTerminator, limits};
-use crate::admin::{self, AdminState, Health};
+use crate::admin::{AdminState, Health};
 use crate::config::Config;
 use crate::env::Env;
 use crate::gateway::Gateway;
@@ -93,18 +94,20 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
     telemetry.attach(gateway.clone());
     telemetry.seed(&gateway.load());
     let health = Arc::new(Health::default());
-    let admin_state = Arc::new(AdminState {
-        health: health.clone(),
-        telemetry: telemetry.clone(),
-        gateway: gateway.clone(),
+    let admin = AdminListener {
+        listener: admin_listener,
         tls: admin_tls.clone(),
-    });
+        state: Arc::new(AdminState {
+            health: health.clone(),
+            telemetry: telemetry.clone(),
+            gateway: gateway.clone(),
+        }),
+    };
     let task = tokio::spawn(run(
         proxy_listener,
-        admin_listener,
         Proxy::new(gateway.clone(), telemetry.clone()),
         settings,
-        admin_state,
+        admin,
         timing,
         lifecycle.clone(),
     ));
@@ -129,10 +132,9 @@ struct Timing {
 
 async fn run(
     proxy_listener: TcpListener,
-    admin_listener: Option<TcpListener>,
     proxy: Proxy,
     settings: ListenerSettings,
-    admin: Arc<AdminState>,
+    admin: AdminListener,
     timing: Timing,
     lifecycle: Arc<Lifecycle>,
 ) -> Drained {
@@ -153,11 +155,17 @@ async fn run(
     let failure_reports = tokio::spawn(failures::report_until(failure_logs, stopped.clone()));
     // Credential retries and refreshes while no request comes; stops when the drain starts.
     let refresher = tokio::spawn(crate::credentials::refresher::run(
-        admin.gateway.clone(),
+        admin.state.gateway.clone(),
         stopped.clone(),
     ));
-    let admin_task =
-        admin_listener.map(|l| tokio::spawn(admin::serve(l, admin.clone(), stopped.clone())));
+    let admin_task = admin.listener.map(|l| {
+        tokio::spawn(admin_listener::serve(
+            l,
+            admin.state.clone(),
+            admin.tls.clone(),
+            stopped.clone(),
+        ))
+    });
 
     let accepting = tokio::spawn(listener::accept_until(
         proxy_listener,
@@ -169,7 +177,7 @@ async fn run(
     let mut phase = lifecycle.watch();
     reached(&mut phase, Phase::Draining).await;
     // Readiness first, so load balancers stop sending; keep serving meanwhile.
-    admin.health.set_draining();
+    admin.state.health.set_draining();
     if !timing.drain_delay.is_zero() {
         tracing::info!(
             "draining: /readyz answers 503, connections are asked to reconnect elsewhere; \

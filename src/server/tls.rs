@@ -122,7 +122,7 @@ impl TlsTerminator {
                     self.reload_if_changed();
                     self.remind_expiry();
                 }
-                () = crate::admin::stopped(&mut stopped) => break,
+                () = super::lifecycle::stopped(&mut stopped) => break,
             }
         }
     }
