@@ -6,6 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use crate::config::{Config, VendRouteConfig};
 use crate::credentials::video_indexer::ViewerTokens;
 use crate::credentials::{Credential, CredentialSet};
@@ -14,6 +16,7 @@ use crate::proxy::forward::UpstreamClient;
 use crate::proxy::inbound::access::AccessPolicy;
 use crate::proxy::route::{Route, Router};
 use crate::proxy::vend::VendRoute;
+use crate::telemetry::{Scraped, Telemetry, TokenSample};
 
 #[derive(Debug)]
 pub struct Gateway {
@@ -150,6 +153,75 @@ impl Gateway {
         names
             .into_iter()
             .filter_map(|name| self.credentials.get(name))
+            .collect()
+    }
+}
+
+impl Gateway {
+    /// Creates the label sets this config makes known, at 0, so a counter is there before
+    /// its first event (`rate()` and alerts need the zero): retries per route and reason,
+    /// link-rewrite skips per rewriting route and reason, vending outcomes per vending
+    /// route, key failovers per credential with a secondary key, reloads per outcome.
+    /// Called at start and after each reload; label sets of routes that were removed stay,
+    /// as counters do not go away.
+    pub fn seed_metrics(&self, telemetry: &Telemetry) {
+        for route in self.router.routes() {
+            let retry = &route.config.retry;
+            if retry.max_attempts > 1 {
+                let statuses = retry.on.iter().map(|s| crate::proxy::retry::reason_for(*s));
+                for reason in statuses.chain([crate::proxy::retry::CONNECTION_REASON]) {
+                    telemetry.seed_retry(&route.name, reason);
+                }
+            }
+            if route.config.rewrite_body_links {
+                for skipped in crate::proxy::rewrite::Skipped::ALL {
+                    telemetry.seed_rewrite_skipped(&route.name, skipped.label());
+                }
+            }
+        }
+        for route in self.router.vend_routes() {
+            telemetry.seed_vend(&route.name);
+        }
+        for (name, credential) in &self.config.credentials {
+            if let crate::config::CredentialConfig::SubscriptionKey {
+                secondary_key: Some(_),
+                ..
+            } = credential
+            {
+                telemetry.seed_failover(name);
+            }
+        }
+        telemetry.seed_reloads();
+    }
+}
+
+/// The scrape-time metrics read the gateway in service through this.
+impl Scraped for ArcSwap<Gateway> {
+    fn token_caches(&self) -> Vec<TokenSample> {
+        let gateway = self.load();
+        gateway
+            .credentials
+            .iter()
+            .filter_map(|credential| {
+                let status = credential.cache()?.status();
+                Some(TokenSample {
+                    credential: credential.name().to_string(),
+                    successes: status.successes,
+                    failures: status.failures,
+                    expires_in: status.expires_in.filter(|_| status.has_token),
+                })
+            })
+            .collect()
+    }
+
+    fn vend_caches(&self) -> Vec<(Arc<str>, u64)> {
+        self.load()
+            .router
+            .vend_routes()
+            .map(|route| {
+                let held = route.tokens.as_ref().map_or(0, |t| t.entries());
+                (route.name.clone(), held)
+            })
             .collect()
     }
 }

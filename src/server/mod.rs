@@ -138,7 +138,7 @@ impl RunningServer {
         let current = self.gateway.load_full();
         let warnings = restart_needed(&current.config, &config);
         let next = Gateway::rebuild(config, &self.env, Some(&current));
-        self.telemetry.seed(&next);
+        next.seed_metrics(&self.telemetry);
         self.gateway.store(Arc::new(next));
         self.telemetry.record_reload(true);
         Ok(warnings)

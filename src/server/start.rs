@@ -92,7 +92,7 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
     };
     let gateway = Arc::new(ArcSwap::from_pointee(Gateway::build(config, &env)));
     telemetry.attach(gateway.clone());
-    telemetry.seed(&gateway.load());
+    gateway.load().seed_metrics(&telemetry);
     let health = Arc::new(Health::default());
     let admin = AdminListener {
         listener: admin_listener,

@@ -5,7 +5,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
@@ -13,28 +12,43 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::{CredentialLabel, CredentialOutcome, RouteLabel};
-use crate::gateway::Gateway;
+
+/// What the scrape-time metrics read from the state in service. The gateway implements it
+/// (`gateway.rs`), so telemetry, a leaf of the module graph, imports nothing above it.
+pub trait Scraped: Send + Sync + std::fmt::Debug {
+    /// Each credential's token cache, read now.
+    fn token_caches(&self) -> Vec<TokenSample>;
+    /// Each vending route and the viewer tokens it holds.
+    fn vend_caches(&self) -> Vec<(Arc<str>, u64)>;
+}
+
+/// One credential's token cache at a scrape.
+pub struct TokenSample {
+    pub credential: String,
+    pub successes: u64,
+    pub failures: u64,
+    /// Time left on the token held, if one is held and usable.
+    pub expires_in: Option<std::time::Duration>,
+}
+
+/// Set once, at start; empty until then.
+pub(super) type Source = Arc<OnceLock<Arc<dyn Scraped>>>;
 
 /// `azgate_token_fetches_total{credential,outcome}` and
 /// `azgate_token_expiry_timestamp_seconds{credential}`, read from the token caches of the
 /// gateway in service when Prometheus scrapes.
 #[derive(Debug)]
-pub(super) struct TokenCollector(pub(super) Arc<OnceLock<Arc<ArcSwap<Gateway>>>>);
+pub(super) struct TokenCollector(pub(super) Source);
 
 impl Collector for TokenCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let fetches = Family::<CredentialOutcome, Counter>::default();
         let expiry = Family::<CredentialLabel, Gauge<f64, AtomicU64>>::default();
-        if let Some(gateway) = self.0.get() {
-            let gateway = gateway.load();
+        if let Some(source) = self.0.get() {
             let now = SystemTime::now();
-            for credential in gateway.credentials.iter() {
-                let Some(cache) = credential.cache() else {
-                    continue;
-                };
-                let status = cache.status();
-                let name = credential.name().to_string();
-                for (outcome, n) in [("success", status.successes), ("failure", status.failures)] {
+            for sample in source.token_caches() {
+                let name = sample.credential;
+                for (outcome, n) in [("success", sample.successes), ("failure", sample.failures)] {
                     fetches
                         .get_or_create(&CredentialOutcome {
                             credential: name.clone(),
@@ -42,7 +56,7 @@ impl Collector for TokenCollector {
                         })
                         .inc_by(n);
                 }
-                if let Some(left) = status.expires_in.filter(|_| status.has_token) {
+                if let Some(left) = sample.expires_in {
                     let at = (now + left).duration_since(UNIX_EPOCH).unwrap_or_default();
                     expiry
                         .get_or_create(&CredentialLabel { credential: name })
@@ -71,18 +85,15 @@ impl Collector for TokenCollector {
 
 /// `azgate_vend_cache_entries{route}`: the viewer tokens each vending route holds.
 #[derive(Debug)]
-pub(super) struct VendCollector(pub(super) Arc<OnceLock<Arc<ArcSwap<Gateway>>>>);
+pub(super) struct VendCollector(pub(super) Source);
 
 impl Collector for VendCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let entries = Family::<RouteLabel, Gauge>::default();
-        if let Some(gateway) = self.0.get() {
-            for route in gateway.load().router.vend_routes() {
-                let held = route.tokens.as_ref().map_or(0, |t| t.entries());
+        if let Some(source) = self.0.get() {
+            for (route, held) in source.vend_caches() {
                 entries
-                    .get_or_create(&RouteLabel {
-                        route: route.name.clone(),
-                    })
+                    .get_or_create(&RouteLabel { route })
                     .set(i64::try_from(held).unwrap_or(i64::MAX));
             }
         }

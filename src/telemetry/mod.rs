@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
@@ -17,10 +16,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use crate::gateway::Gateway;
-
 mod collectors;
-use collectors::{TokenCollector, VendCollector};
+pub use collectors::{Scraped, TokenSample};
+use collectors::{Source, TokenCollector, VendCollector};
 
 /// Requests kept for the status page's history.
 const HISTORY: usize = 50;
@@ -130,7 +128,7 @@ pub struct Telemetry {
     connections: Gauge,
     handshake_failures: Family<HandshakeLabels, Counter>,
     certificate_expiry: Family<ListenerLabel, Gauge<f64, AtomicU64>>,
-    gateway: Arc<OnceLock<Arc<ArcSwap<Gateway>>>>,
+    scraped: Source,
     history: Mutex<VecDeque<RequestRecord>>,
     routes: Mutex<HashMap<Arc<str>, RouteSamples>>,
     /// The `route` label of requests that matched no route.
@@ -163,7 +161,7 @@ impl Telemetry {
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
         let certificate_expiry = Family::<ListenerLabel, Gauge<f64, AtomicU64>>::default();
         let rewrite_skipped = Family::<RetryLabels, Counter>::default();
-        let gateway = Arc::new(OnceLock::new());
+        let scraped: Source = Arc::new(OnceLock::new());
 
         let mut registry = Registry::with_prefix("azgate");
         registry.register(
@@ -227,8 +225,8 @@ impl Telemetry {
             "Token requests on vending routes, by route, scope (account, project, video) and outcome (hit, miss, refused, error)",
             Listed(vend_requests.clone()),
         );
-        registry.register_collector(Box::new(TokenCollector(gateway.clone())));
-        registry.register_collector(Box::new(VendCollector(gateway.clone())));
+        registry.register_collector(Box::new(TokenCollector(scraped.clone())));
+        registry.register_collector(Box::new(VendCollector(scraped.clone())));
         Arc::new(Self {
             registry,
             requests,
@@ -243,7 +241,7 @@ impl Telemetry {
             connections,
             handshake_failures,
             certificate_expiry,
-            gateway,
+            scraped,
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             routes: Mutex::new(HashMap::new()),
             no_route: Arc::from("none"),
@@ -251,9 +249,9 @@ impl Telemetry {
         })
     }
 
-    /// Lets the token metrics read the live gateway (set once, at start).
-    pub fn attach(&self, gateway: Arc<ArcSwap<Gateway>>) {
-        let _ = self.gateway.set(gateway);
+    /// Lets the scrape-time metrics read the state in service (set once, at start).
+    pub fn attach(&self, scraped: Arc<dyn Scraped>) {
+        let _ = self.scraped.set(scraped);
     }
 
     pub fn started(&self) -> SystemTime {
@@ -394,55 +392,41 @@ impl Telemetry {
             .inc();
     }
 
-    /// Creates the label sets the config makes known, at 0, so a counter is there before
-    /// its first event (`rate()` and alerts need the zero): retries per route and reason,
-    /// link-rewrite skips per rewriting route and reason, key failovers per credential with
-    /// a secondary key, reloads per outcome. Token fetches come from the credentials
-    /// themselves. Called at start and after each reload; label sets of routes that were
-    /// removed stay, as counters do not go away.
-    pub fn seed(&self, gateway: &Gateway) {
-        for route in gateway.router.routes() {
-            let retry = &route.config.retry;
-            if retry.max_attempts > 1 {
-                let statuses = retry.on.iter().map(|s| crate::proxy::retry::reason_for(*s));
-                for reason in statuses.chain([crate::proxy::retry::CONNECTION_REASON]) {
-                    self.retries.get_or_create_owned(&RetryLabels {
-                        route: route.name.clone(),
-                        reason,
-                    });
-                }
-            }
-            if route.config.rewrite_body_links {
-                for skipped in crate::proxy::rewrite::Skipped::ALL {
-                    self.rewrite_skipped.get_or_create_owned(&RetryLabels {
-                        route: route.name.clone(),
-                        reason: skipped.label(),
-                    });
-                }
-            }
-        }
-        for route in gateway.router.vend_routes() {
-            for scope in ["account", "project", "video"] {
-                for outcome in ["hit", "miss", "refused", "error"] {
-                    self.vend_requests.get_or_create_owned(&VendLabels {
-                        route: route.name.clone(),
-                        scope,
-                        outcome,
-                    });
-                }
-            }
-        }
-        for (name, credential) in &gateway.config.credentials {
-            if let crate::config::CredentialConfig::SubscriptionKey {
-                secondary_key: Some(_),
-                ..
-            } = credential
-            {
-                self.failovers.get_or_create_owned(&CredentialLabel {
-                    credential: name.clone(),
+    /// Lists a label set at 0 before its first event (`gateway.rs` seeds those the config
+    /// makes known, at start and after each reload).
+    pub fn seed_retry(&self, route: &Arc<str>, reason: &'static str) {
+        self.retries.get_or_create_owned(&RetryLabels {
+            route: route.clone(),
+            reason,
+        });
+    }
+
+    pub fn seed_rewrite_skipped(&self, route: &Arc<str>, reason: &'static str) {
+        self.rewrite_skipped.get_or_create_owned(&RetryLabels {
+            route: route.clone(),
+            reason,
+        });
+    }
+
+    pub fn seed_vend(&self, route: &Arc<str>) {
+        for scope in ["account", "project", "video"] {
+            for outcome in ["hit", "miss", "refused", "error"] {
+                self.vend_requests.get_or_create_owned(&VendLabels {
+                    route: route.clone(),
+                    scope,
+                    outcome,
                 });
             }
         }
+    }
+
+    pub fn seed_failover(&self, credential: &str) {
+        self.failovers.get_or_create_owned(&CredentialLabel {
+            credential: credential.to_string(),
+        });
+    }
+
+    pub fn seed_reloads(&self) {
         for outcome in ["success", "failure"] {
             self.reloads.get_or_create_owned(&OutcomeLabel {
                 outcome: outcome.to_string(),
