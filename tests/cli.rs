@@ -180,6 +180,50 @@ fn row_of(stdout: &str, prefix: &str) -> String {
 }
 
 #[test]
+fn the_examples_commented_vending_route_and_scoped_tokens_are_valid() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml.example"))
+            .unwrap();
+    let lines: Vec<&str> = example.lines().collect();
+    let start = lines
+        .windows(2)
+        .position(|w| w == ["# [[routes]]", "# prefix = \"/vi-tokens\""])
+        .expect("a commented vending route in proxy.toml.example");
+    let mut text = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let in_block = i >= start && lines[start..=i].iter().all(|l| l.starts_with("# "));
+        let line = if in_block || line.starts_with("# scoped_tokens = true") {
+            &line[2..]
+        } else {
+            line
+        };
+        text.push_str(line);
+        text.push('\n');
+    }
+    let (_dir, path) = write_config(&text);
+    let out = azgate()
+        .args(["check", "-c"])
+        .arg(&path)
+        .env_remove("DEVCENTER_ENDPOINT")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        row_of(&stdout, "/vi-tokens"),
+        "/vi-tokens vend vi vi (video_indexer) GET,OPTIONS"
+    );
+    assert!(
+        row_of(&stdout, "/vi").contains("(video_indexer, scoped_tokens)"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_reports_every_problem_and_exits_2() {
     let (_dir, path) = write_config(
         "[server]\nlisten = \"nowhere\"\n[[routes]]\nprefix = \"/a\"\nupstream = \"http://x\"\ncredential = \"ghost\"\ntypo = 1\n",
@@ -634,7 +678,11 @@ fn the_built_in_default_names_its_credential_default() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "an unknown NAME is a config problem");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown NAME is a config problem"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("no credential named \"arm\" in <embedded default>; known: default"),
