@@ -182,6 +182,9 @@ impl Gateway {
         for route in self.router.vend_routes() {
             telemetry.seed_vend(&route.name);
         }
+        for route in self.router.routes().filter(|r| r.throttle.holds()) {
+            telemetry.seed_throttle(&route.name);
+        }
         for (name, credential) in &self.config.credentials {
             if let crate::config::CredentialConfig::SubscriptionKey {
                 secondary_key: Some(_),
@@ -211,6 +214,15 @@ impl Scraped for ArcSwap<Gateway> {
                     expires_in: status.expires_in.filter(|_| status.has_token),
                 })
             })
+            .collect()
+    }
+
+    fn throttle_queues(&self) -> Vec<(Arc<str>, u64)> {
+        self.load()
+            .router
+            .routes()
+            .filter(|route| route.throttle.holds())
+            .map(|route| (route.name.clone(), route.throttle.queued() as u64))
             .collect()
     }
 

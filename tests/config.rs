@@ -678,3 +678,48 @@ fn a_log_level_that_is_no_level_is_refused_not_silently_quiet() {
     }
     assert!(parse_with("[log]\nlevel = \"info,azgate=debug\"\n", &HashMap::new()).is_ok());
 }
+
+#[test]
+fn throttle_holds_by_default_where_a_credential_is_injected() {
+    let text = r#"
+        [credentials.k]
+        type = "subscription_key"
+        key = "a-key-0123456789"
+        [[routes]]
+        prefix = "/with"
+        upstream = "https://example.com"
+        credential = "k"
+        [[routes]]
+        prefix = "/without"
+        upstream = "https://example.com"
+        [[routes]]
+        prefix = "/off"
+        upstream = "https://example.com"
+        credential = "k"
+        [routes.throttle]
+        hold = false
+        max_queue = 10
+    "#;
+    let config = parse_with(text, &HashMap::new()).unwrap();
+    let holds: Vec<(bool, usize)> = config
+        .routes
+        .iter()
+        .map(|r| (r.throttle.hold, r.throttle.max_queue))
+        .collect();
+    assert_eq!(holds, [(true, 1000), (false, 1000), (false, 10)]);
+    let found = problems(
+        "[[routes]]\nprefix = \"/a\"\nupstream = \"https://e.com\"\n[routes.throttle]\nmax_queue = 0\nholds = true\n",
+    );
+    assert!(
+        found
+            .iter()
+            .any(|l| l.starts_with("bad.toml: routes[0].throttle.max_queue: must be at least 1")),
+        "{found:#?}"
+    );
+    assert!(
+        found.iter().any(|l| l.starts_with(
+            "bad.toml: routes[0].throttle.holds: unknown key; did you mean \"hold\"?"
+        )),
+        "{found:#?}"
+    );
+}

@@ -38,8 +38,21 @@ pub fn json(state: &AdminState) -> Value {
         .iter()
         .map(|route| {
             let summary = summaries.get(&route.prefix).cloned().unwrap_or_default();
+            // The hold window after the upstream's 429s: its time left and its queue.
+            let throttle = gateway
+                .router
+                .routes()
+                .find(|r| r.config.prefix == route.prefix)
+                .filter(|r| r.throttle.holds())
+                .map(|r| {
+                    j!({
+                        "hold_left_ms": r.throttle.hold_left().map(|d| d.as_millis() as u64),
+                        "queued": r.throttle.queued(),
+                    })
+                });
             j!({
                 "prefix": route.prefix,
+                "throttle": throttle,
                 "upstream": route.upstream.to_string().trim_end_matches('/'),
                 "credential": route.credential,
                 "methods": route.methods.as_ref().map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>()),

@@ -14,6 +14,7 @@ mod retry;
 mod routes;
 mod server;
 mod single;
+mod throttle;
 pub mod tls;
 mod units;
 mod validate;
@@ -34,6 +35,7 @@ pub use credentials::read_client_certificate;
 pub use error::{ConfigError, Problem};
 pub use server::{exposed_admin, exposed_proxy};
 pub use single::{CredentialSubset, parse_credential};
+pub use throttle::ThrottleConfig;
 pub use units::{parse_duration, parse_size};
 pub use vend::VendRouteConfig;
 
@@ -423,6 +425,8 @@ pub struct RouteConfig {
     /// Video Indexer routes: requests under `…/Videos/{id}/…` or `…/Projects/{id}/…` get
     /// a token scoped to that video or project instead of the account token.
     pub scoped_tokens: bool,
+    /// `[routes.throttle]`: holds on the upstream's 429s.
+    pub throttle: ThrottleConfig,
 }
 
 /// When and how a route retries.

@@ -115,6 +115,15 @@ pub struct RawRoute {
     pub max_concurrent_fetches: Option<usize>,
     pub embed_url: Option<String>,
     pub cors: Option<RawCors>,
+    pub throttle: Option<RawThrottle>,
+}
+
+/// `[routes.throttle]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawThrottle {
+    pub hold: Option<bool>,
+    pub max_queue: Option<usize>,
 }
 
 /// `[routes.cors]` of a vending route.

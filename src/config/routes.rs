@@ -342,6 +342,12 @@ fn validate_one(
             .map_err(|m| problems.push(join(path, "ca_file"), m))
             .ok()
     });
+    let throttle = super::throttle::validate(
+        raw.throttle.as_ref(),
+        raw.credential.is_some(),
+        path,
+        problems,
+    );
     Some(RouteConfig {
         prefix: prefix?,
         upstream: upstream?,
@@ -364,6 +370,7 @@ fn validate_one(
         rewrite_body_limit,
         forwarded_headers: raw.forwarded_headers.unwrap_or(true),
         scoped_tokens: raw.scoped_tokens.unwrap_or(false),
+        throttle,
     })
 }
 

@@ -56,6 +56,7 @@ const FORWARDING_KEYS: &[&str] = &[
     "rewrite_body_limit",
     "forwarded_headers",
     "scoped_tokens",
+    "throttle",
 ];
 
 /// The vending part of a route whose `vend` is set. `prefix` and `api_keys` were
@@ -171,6 +172,7 @@ fn is_set(raw: &RawRoute, key: &str) -> bool {
         "rewrite_body_limit" => raw.rewrite_body_limit.is_some(),
         "forwarded_headers" => raw.forwarded_headers.is_some(),
         "scoped_tokens" => raw.scoped_tokens.is_some(),
+        "throttle" => raw.throttle.is_some(),
         _ => false,
     }
 }

@@ -50,6 +50,13 @@ pub enum ProxyError {
     /// Indexer's classic auth calls): its 4xx status goes back to the client.
     #[error("{message}")]
     TokenRefused { status: StatusCode, message: String },
+    /// The route holds after the upstream's 429 and this request cannot wait it out.
+    #[error("{}", throttled_message(route, *retry_after, *queue_full))]
+    Throttled {
+        route: String,
+        retry_after: Duration,
+        queue_full: bool,
+    },
     #[error("upstream {upstream} is unreachable: {reason}")]
     UpstreamUnreachable { upstream: String, reason: String },
     #[error("upstream {upstream} sent no response headers within {}", humantime::format_duration(*.after))]
@@ -70,6 +77,7 @@ impl ProxyError {
             ProxyError::RequestTimeout(_) => "request_timeout",
             ProxyError::CredentialUnavailable(_) => "credential_unavailable",
             ProxyError::TokenRefused { .. } => "token_refused",
+            ProxyError::Throttled { .. } => "throttled",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
         }
@@ -86,6 +94,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::TokenRefused { status, .. } => *status,
+            ProxyError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::CredentialUnavailable(_) | ProxyError::UpstreamUnreachable { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -98,11 +107,27 @@ impl ProxyError {
             ProxyError::CredentialUnavailable(_) | ProxyError::TokenRefused { .. } => {
                 ErrorSource::Credential
             }
-            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
-                ErrorSource::Upstream
-            }
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::Throttled { .. } => ErrorSource::Upstream,
             _ => ErrorSource::Client,
         }
+    }
+}
+
+/// Seconds, rounded up, at least 1: a `Retry-After` that never asks for an early retry.
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.as_secs() == 0))
+}
+
+fn throttled_message(route: &str, retry_after: Duration, queue_full: bool) -> String {
+    let secs = whole_seconds(retry_after);
+    if queue_full {
+        format!(
+            "the upstream of {route} throttled azgate and the queue of requests waiting it out is full; retry in {secs}s"
+        )
+    } else {
+        format!("the upstream of {route} throttled azgate for {secs}s more; retry after that")
     }
 }
 
@@ -128,6 +153,12 @@ pub fn respond(err: &ProxyError, request_id: &str) -> Response<ProxyBody> {
         headers.insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("AzgateKey realm=\"azgate\", header=\"x-azgate-key\""),
+        );
+    }
+    if let ProxyError::Throttled { retry_after, .. } = err {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(whole_seconds(*retry_after)),
         );
     }
     if let ProxyError::MethodNotAllowed { allowed, .. } = err

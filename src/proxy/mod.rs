@@ -25,6 +25,7 @@ pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod send;
+pub mod throttle;
 pub mod vend;
 pub mod vi_auth;
 

@@ -9,6 +9,7 @@ use super::error::ProxyError;
 use super::forward::UpstreamClient;
 use super::inbound::access::KeyDigest;
 use super::retry::RetryBudget;
+use super::throttle::Throttle;
 use super::vend::VendRoute;
 use crate::config::RouteConfig;
 use crate::credentials::Credential;
@@ -36,6 +37,8 @@ pub struct Route {
     /// Requests returned without retry because the budget was spent: logged at most every
     /// 10 s, with the count held back.
     pub budget_warnings: LogLimiter,
+    /// The route's hold window after the upstream's 429s (`[routes.throttle]`).
+    pub throttle: Throttle,
 }
 
 impl Route {
@@ -60,8 +63,10 @@ impl Route {
             .to_string()
             .trim_end_matches('/')
             .to_string();
+        let name: Arc<str> = Arc::from(config.prefix.as_str());
         Self {
-            name: Arc::from(config.prefix.as_str()),
+            throttle: Throttle::new(config.throttle.clone(), name.clone()),
+            name,
             config,
             credential,
             client,
@@ -238,6 +243,7 @@ pub(crate) mod tests {
             rewrite_body_limit: 8 << 20,
             forwarded_headers: true,
             scoped_tokens: false,
+            throttle: crate::config::ThrottleConfig::default_for(false),
         };
         Route::new(config, None, UpstreamClient::new(None))
     }

@@ -14,6 +14,7 @@ use super::prepare::UpstreamRequest;
 use super::replay::ReplayBody;
 use super::retry::{self, Decision, Outcome};
 use super::route::Route;
+use super::throttle;
 use super::vi_auth;
 use crate::credentials::video_indexer::Scope;
 use crate::credentials::{Authorization, CredentialError, Refusal};
@@ -96,6 +97,16 @@ pub async fn send_with_retry(
     let mut credential_replayed = false;
     loop {
         attempts += 1;
+        // A route that holds after the upstream's 429 sends nothing until the hold is over;
+        // this request waits for it if its deadline (and max_delay) allow, else it is
+        // answered 429 `throttled` at once.
+        let wait_limit = deadline
+            .max(Instant::now())
+            .min(Instant::now() + policy.max_delay);
+        let pass = match route.throttle.admit(wait_limit, telemetry).await {
+            Ok(pass) => pass,
+            Err(err) => return finish(Err(err), attempts, started, authorization),
+        };
         let Some(attempt_body) = body.attempt() else {
             let err = ProxyError::BadRequest(
                 "the request body was already sent and cannot be sent again".into(),
@@ -136,6 +147,17 @@ pub async fn send_with_retry(
             Ok(response) => Outcome::Response(response.status(), response.headers()),
             Err(_) => Outcome::ConnectionFailed,
         };
+        let throttled_for = match &result {
+            Ok(response) => {
+                record_quota(route, response.headers(), telemetry);
+                throttle::throttled_for(
+                    response.status(),
+                    retry::requested_wait(response.headers()),
+                )
+            }
+            Err(_) => None,
+        };
+        route.throttle.observe(pass, throttled_for, telemetry);
 
         if let Outcome::Response(status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN), _) =
             outcome
@@ -167,6 +189,21 @@ pub async fn send_with_retry(
             attempts,
             body.replayable(),
         ) {
+            // The hold now keeps every request of the route waiting, this one included:
+            // it waits in `admit` like the others, and waiting out a declared window is
+            // not a failure, so it does not count against the retry budget.
+            Decision::Retry { reason, .. } if throttled_for.is_some() && route.throttle.holds() => {
+                tracing::info!(
+                    route = %route.prefix(),
+                    attempt = attempts,
+                    outcome = %describe(&result),
+                    request_id,
+                    reason,
+                    "throttled: waiting out the route's hold, then retrying"
+                );
+                telemetry.record_retry(&route.name, reason);
+                drop(result);
+            }
             Decision::Retry { wait, reason } if route.retry_budget.try_retry() => {
                 tracing::info!(
                     route = %route.prefix(),
@@ -199,6 +236,32 @@ pub async fn send_with_retry(
                 return finish(result, attempts, started, authorization);
             }
             Decision::Stop(_) => return finish(result, attempts, started, authorization),
+        }
+    }
+}
+
+/// The quota headers Azure Resource Manager sends: what is left of the principal's quota.
+const QUOTA_HEADERS: [&str; 9] = [
+    "x-ms-ratelimit-remaining-subscription-reads",
+    "x-ms-ratelimit-remaining-subscription-writes",
+    "x-ms-ratelimit-remaining-subscription-deletes",
+    "x-ms-ratelimit-remaining-tenant-reads",
+    "x-ms-ratelimit-remaining-tenant-writes",
+    "x-ms-ratelimit-remaining-tenant-deletes",
+    "x-ms-ratelimit-remaining-subscription-global-reads",
+    "x-ms-ratelimit-remaining-subscription-global-writes",
+    "x-ms-ratelimit-remaining-subscription-global-deletes",
+];
+
+/// Each quota header of a response becomes `azgate_upstream_ratelimit_remaining`.
+fn record_quota(route: &Route, headers: &http::HeaderMap, telemetry: &Telemetry) {
+    for name in QUOTA_HEADERS {
+        if let Some(left) = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+        {
+            telemetry.record_ratelimit_remaining(&route.name, name, left);
         }
     }
 }

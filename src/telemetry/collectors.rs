@@ -20,6 +20,8 @@ pub trait Scraped: Send + Sync + std::fmt::Debug {
     fn token_caches(&self) -> Vec<TokenSample>;
     /// Each vending route and the viewer tokens it holds.
     fn vend_caches(&self) -> Vec<(Arc<str>, u64)>;
+    /// Each holding route and the requests waiting out its hold now.
+    fn throttle_queues(&self) -> Vec<(Arc<str>, u64)>;
 }
 
 /// One credential's token cache at a scrape.
@@ -104,5 +106,29 @@ impl Collector for VendCollector {
             entries.metric_type(),
         )?;
         entries.encode(gauge)
+    }
+}
+
+/// `azgate_throttle_queue{route}`: requests waiting out a route's hold now.
+#[derive(Debug)]
+pub(super) struct ThrottleCollector(pub(super) Source);
+
+impl Collector for ThrottleCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let queued = Family::<RouteLabel, Gauge>::default();
+        if let Some(source) = self.0.get() {
+            for (route, waiting) in source.throttle_queues() {
+                queued
+                    .get_or_create(&RouteLabel { route })
+                    .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+            }
+        }
+        let gauge = encoder.encode_descriptor(
+            "throttle_queue",
+            "Requests waiting out each holding route's hold now",
+            None,
+            queued.metric_type(),
+        )?;
+        queued.encode(gauge)
     }
 }

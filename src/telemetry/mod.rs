@@ -18,7 +18,7 @@ use serde::Serialize;
 
 mod collectors;
 pub use collectors::{Scraped, TokenSample};
-use collectors::{Source, TokenCollector, VendCollector};
+use collectors::{Source, ThrottleCollector, TokenCollector, VendCollector};
 
 /// Requests kept for the status page's history.
 const HISTORY: usize = 50;
@@ -46,6 +46,18 @@ struct RouteLabel {
 struct RetryLabels {
     route: Arc<str>,
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteOutcome {
+    route: Arc<str>,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeaderLabels {
+    route: Arc<str>,
+    header: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,6 +137,9 @@ pub struct Telemetry {
     /// Same labels as retries: route and reason.
     rewrite_skipped: Family<RetryLabels, Counter>,
     vend_requests: Family<VendLabels, Counter>,
+    throttle_holds: Family<RouteLabel, Counter>,
+    throttled: Family<RouteOutcome, Counter>,
+    ratelimit_remaining: Family<HeaderLabels, Gauge>,
     connections: Gauge,
     handshake_failures: Family<HandshakeLabels, Counter>,
     certificate_expiry: Family<ListenerLabel, Gauge<f64, AtomicU64>>,
@@ -225,8 +240,27 @@ impl Telemetry {
             "Token requests on vending routes, by route, scope (account, project, video) and outcome (hit, miss, refused, error)",
             Listed(vend_requests.clone()),
         );
+        let throttle_holds = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "throttle_holds",
+            "Hold windows opened on a route by the upstream's 429 (or 503 with Retry-After)",
+            Listed(throttle_holds.clone()),
+        );
+        let throttled = Family::<RouteOutcome, Counter>::default();
+        registry.register(
+            "throttled",
+            "Requests that met a hold, by route and outcome (queued: waited it out; rejected: answered 429 throttled)",
+            Listed(throttled.clone()),
+        );
+        let ratelimit_remaining = Family::<HeaderLabels, Gauge>::default();
+        registry.register(
+            "upstream_ratelimit_remaining",
+            "Requests left in the upstream's quota, from the last response that carried each x-ms-ratelimit-remaining-* header",
+            Listed(ratelimit_remaining.clone()),
+        );
         registry.register_collector(Box::new(TokenCollector(scraped.clone())));
         registry.register_collector(Box::new(VendCollector(scraped.clone())));
+        registry.register_collector(Box::new(ThrottleCollector(scraped.clone())));
         Arc::new(Self {
             registry,
             requests,
@@ -238,6 +272,9 @@ impl Telemetry {
             failovers,
             rewrite_skipped,
             vend_requests,
+            throttle_holds,
+            throttled,
+            ratelimit_remaining,
             connections,
             handshake_failures,
             certificate_expiry,
@@ -418,6 +455,44 @@ impl Telemetry {
                 });
             }
         }
+    }
+
+    pub fn seed_throttle(&self, route: &Arc<str>) {
+        self.throttle_holds.get_or_create_owned(&RouteLabel {
+            route: route.clone(),
+        });
+        for outcome in ["queued", "rejected"] {
+            self.throttled.get_or_create_owned(&RouteOutcome {
+                route: route.clone(),
+                outcome,
+            });
+        }
+    }
+
+    pub fn record_throttle_hold(&self, route: &Arc<str>) {
+        self.throttle_holds
+            .get_or_create(&RouteLabel {
+                route: route.clone(),
+            })
+            .inc();
+    }
+
+    pub fn record_throttled(&self, route: &Arc<str>, outcome: &'static str) {
+        self.throttled
+            .get_or_create(&RouteOutcome {
+                route: route.clone(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn record_ratelimit_remaining(&self, route: &Arc<str>, header: &'static str, left: i64) {
+        self.ratelimit_remaining
+            .get_or_create(&HeaderLabels {
+                route: route.clone(),
+                header,
+            })
+            .set(left);
     }
 
     pub fn seed_failover(&self, credential: &str) {

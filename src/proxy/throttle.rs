@@ -1,0 +1,243 @@
+//! Send phase, across requests: a route's hold window (`[routes.throttle]`). An upstream's
+//! 429, or 503 with a retry header, holds the whole route until the announced time (the
+//! latest announced end wins), because on a route that injects a credential the quota is
+//! azgate's principal's: while it holds, no request of the route goes upstream. A request
+//! whose deadline allows the wait joins a bounded queue; any other is answered at once with
+//! 429 `throttled` and `Retry-After` set to the whole seconds left. When the hold ends one
+//! probe request goes first; the queue follows if it succeeds, and waits again if the probe
+//! is throttled too. A client that disconnects leaves the queue (its future is dropped).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::error::ProxyError;
+use crate::config::ThrottleConfig;
+use crate::telemetry::Telemetry;
+
+/// The wait assumed for a 429 that announces none.
+const UNANNOUNCED_HOLD: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Requests go upstream.
+    Open,
+    /// Nothing goes upstream until then.
+    Holding { until: Instant },
+    /// The hold ended; one request is finding out whether the upstream takes requests
+    /// again. The others wait for its answer.
+    Probing,
+}
+
+/// One route's hold state.
+#[derive(Debug)]
+pub struct Throttle {
+    config: ThrottleConfig,
+    route: Arc<str>,
+    phase: watch::Sender<Phase>,
+    queued: AtomicUsize,
+}
+
+/// Leave to send one attempt. The probe's pass resolves the probe when it is observed;
+/// dropped unobserved (the client went away), it lets the next request probe instead.
+#[derive(Debug)]
+pub struct Pass<'a> {
+    throttle: Option<&'a Throttle>,
+    probe: bool,
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        if let Some(throttle) = self.throttle.filter(|_| self.probe) {
+            throttle.phase.send_if_modified(|phase| {
+                let stuck = *phase == Phase::Probing;
+                if stuck {
+                    *phase = Phase::Holding {
+                        until: Instant::now(),
+                    };
+                }
+                stuck
+            });
+        }
+    }
+}
+
+/// Counts a waiting request for as long as it waits.
+struct Waiting<'a>(&'a Throttle);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Throttle {
+    pub fn new(config: ThrottleConfig, route: Arc<str>) -> Self {
+        Self {
+            config,
+            route,
+            phase: watch::Sender::new(Phase::Open),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn holds(&self) -> bool {
+        self.config.hold
+    }
+
+    /// Requests waiting now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// The time left on the hold, if the route holds.
+    pub fn hold_left(&self) -> Option<Duration> {
+        match *self.phase.borrow() {
+            Phase::Holding { until } => Some(until.saturating_duration_since(Instant::now())),
+            Phase::Probing => Some(Duration::ZERO),
+            Phase::Open => None,
+        }
+    }
+
+    /// Waits until this request may go upstream: at once when the route does not hold;
+    /// after the hold (and the probe) when `deadline` allows; else 429 `throttled`.
+    pub async fn admit(
+        &self,
+        deadline: Instant,
+        telemetry: &Telemetry,
+    ) -> Result<Pass<'_>, ProxyError> {
+        if !self.config.hold {
+            return Ok(Pass {
+                throttle: None,
+                probe: false,
+            });
+        }
+        let mut seen = self.phase.subscribe();
+        let mut waiting: Option<Waiting<'_>> = None;
+        loop {
+            let now = Instant::now();
+            let phase = *seen.borrow_and_update();
+            let until = match phase {
+                Phase::Open => {
+                    return Ok(Pass {
+                        throttle: Some(self),
+                        probe: false,
+                    });
+                }
+                Phase::Holding { until } if now >= until => {
+                    // The first request after the hold probes; the rest see Probing.
+                    let became_probe = self.phase.send_if_modified(|p| {
+                        let first = *p == phase;
+                        if first {
+                            *p = Phase::Probing;
+                        }
+                        first
+                    });
+                    if became_probe {
+                        return Ok(Pass {
+                            throttle: Some(self),
+                            probe: true,
+                        });
+                    }
+                    continue;
+                }
+                Phase::Holding { until } => Some(until),
+                // The probe's answer is due within one attempt: the deadline bounds it.
+                Phase::Probing => None,
+            };
+            if waiting.is_none() {
+                let over_deadline = until.is_some_and(|until| until > deadline);
+                let full = self.queued.load(Ordering::Acquire) >= self.config.max_queue;
+                if over_deadline || full {
+                    telemetry.record_throttled(&self.route, "rejected");
+                    let left = until.map_or(Duration::from_secs(1), |u| u - now);
+                    return Err(ProxyError::Throttled {
+                        route: self.route.to_string(),
+                        retry_after: left,
+                        queue_full: full && !over_deadline,
+                    });
+                }
+                self.queued.fetch_add(1, Ordering::AcqRel);
+                waiting = Some(Waiting(self));
+                telemetry.record_throttled(&self.route, "queued");
+            }
+            tokio::select! {
+                changed = seen.changed() => {
+                    if changed.is_err() {
+                        return Err(ProxyError::Throttled {
+                            route: self.route.to_string(),
+                            retry_after: Duration::from_secs(1),
+                            queue_full: false,
+                        });
+                    }
+                }
+                () = tokio::time::sleep_until(until.unwrap_or(deadline)) => {
+                    if until.is_none() {
+                        // Still probing at the deadline.
+                        telemetry.record_throttled(&self.route, "rejected");
+                        return Err(ProxyError::Throttled {
+                            route: self.route.to_string(),
+                            retry_after: Duration::from_secs(1),
+                            queue_full: false,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the upstream answered an attempt sent with `pass`: a throttling answer opens
+    /// (or extends) the hold; the probe's other answers open the route again.
+    pub fn observe(
+        &self,
+        mut pass: Pass<'_>,
+        throttled_for: Option<Duration>,
+        telemetry: &Telemetry,
+    ) {
+        if !self.config.hold {
+            return;
+        }
+        let probe = std::mem::replace(&mut pass.probe, false);
+        match throttled_for {
+            Some(wait) => {
+                let until = Instant::now() + wait.max(Duration::ZERO);
+                let opened = self.phase.send_if_modified(|phase| match *phase {
+                    Phase::Holding { until: current } if current >= until => false,
+                    Phase::Holding { .. } => {
+                        *phase = Phase::Holding { until };
+                        true
+                    }
+                    Phase::Open | Phase::Probing => {
+                        *phase = Phase::Holding { until };
+                        true
+                    }
+                });
+                if opened {
+                    telemetry.record_throttle_hold(&self.route);
+                    tracing::info!(
+                        route = %self.route,
+                        hold_ms = wait.as_millis() as u64,
+                        "upstream throttled the route: holding its requests"
+                    );
+                }
+            }
+            None if probe => {
+                self.phase.send_replace(Phase::Open);
+            }
+            None => {}
+        }
+    }
+}
+
+/// How long an upstream's answer holds the route: a 429 (the announced wait, else a
+/// second), or a 503 that announces one.
+pub fn throttled_for(status: http::StatusCode, announced: Option<Duration>) -> Option<Duration> {
+    match status.as_u16() {
+        429 => Some(announced.unwrap_or(UNANNOUNCED_HOLD)),
+        503 => announced,
+        _ => None,
+    }
+}

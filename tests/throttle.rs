@@ -1,0 +1,310 @@
+//! Throttling across requests (`[routes.throttle]`): the upstream's 429 holds the whole
+//! route until the announced time; waiting requests are released after one probe; requests
+//! that cannot wait get 429 `throttled` with `Retry-After`; the queue is bounded and a
+//! client that goes away leaves it; quota headers become gauges. Paused clock where the
+//! windows are long.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Response, StatusCode};
+use support::{Azgate, MockUpstream, client, full};
+use tokio::time::Instant;
+
+/// What the upstream saw: each request's arrival and the time its answer left.
+#[derive(Default)]
+struct Log {
+    arrivals: Vec<Instant>,
+    done: Vec<Instant>,
+}
+
+/// An upstream whose `n`-th request (from 0) gets `script(n)`: (status, Retry-After),
+/// each answer taking 100 ms.
+async fn upstream(
+    script: impl Fn(usize) -> (u16, Option<&'static str>) + Send + Sync + 'static,
+) -> (MockUpstream, Arc<Mutex<Log>>) {
+    let log = Arc::new(Mutex::new(Log::default()));
+    let (seen, script) = (log.clone(), Arc::new(script));
+    let server = MockUpstream::start(move |_request| {
+        let (seen, script) = (seen.clone(), script.clone());
+        async move {
+            let n = {
+                let mut log = seen.lock().unwrap();
+                log.arrivals.push(Instant::now());
+                log.arrivals.len() - 1
+            };
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (status, retry_after) = script(n);
+            let mut response = Response::builder()
+                .status(StatusCode::from_u16(status).unwrap())
+                .header("x-ms-ratelimit-remaining-subscription-reads", "11999");
+            if let Some(after) = retry_after {
+                response = response.header("retry-after", after);
+            }
+            seen.lock().unwrap().done.push(Instant::now());
+            response.body(full("answer")).unwrap()
+        }
+    })
+    .await;
+    (server, log)
+}
+
+/// A route `/r` to `url` injecting a static credential (so it holds by default).
+async fn gateway(url: &str, extra: &str) -> Azgate {
+    Azgate::start(&format!(
+        r#"
+        [credentials.apim]
+        type = "subscription_key"
+        key = "apim-key-0123456789"
+        [[routes]]
+        prefix = "/r"
+        upstream = "{url}"
+        credential = "apim"
+        {extra}
+        "#
+    ))
+    .await
+}
+
+async fn get(url: String) -> (u16, Option<String>, String) {
+    let response = client().get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let code = response
+        .headers()
+        .get("x-azgate-error")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, retry_after, code)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_keeps_the_route_from_the_upstream_and_releases_it_with_one_probe_first() {
+    let (server, log) = upstream(|n| {
+        if n == 0 {
+            (429, Some("2"))
+        } else {
+            (200, None)
+        }
+    })
+    .await;
+    let gw = gateway(&server.url, "").await;
+    let started = Instant::now();
+    let first = tokio::spawn(get(format!("{}/r/a", gw.url)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let others: Vec<_> = (0..5)
+        .map(|i| tokio::spawn(get(format!("{}/r/b{i}", gw.url))))
+        .collect();
+    for answer in others {
+        assert_eq!(answer.await.unwrap().0, 200);
+    }
+    assert_eq!(
+        first.await.unwrap().0,
+        200,
+        "the first request waited out its own 429"
+    );
+
+    let log = log.lock().unwrap();
+    assert_eq!(
+        log.arrivals.len(),
+        7,
+        "one 429, then the six requests once each"
+    );
+    let window_end = started + Duration::from_secs(2);
+    assert!(
+        log.arrivals[1..].iter().all(|at| *at >= window_end),
+        "a request reached the upstream inside the window"
+    );
+    // One probe first: nothing else arrived before its answer.
+    let probe_answered = log.done[1];
+    assert!(
+        log.arrivals[2..].iter().all(|at| *at >= probe_answered),
+        "requests went along with the probe"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_window_answers_new_requests_at_once_with_429_throttled() {
+    let (server, log) = upstream(|_| (429, Some("120"))).await;
+    let gw = gateway(&server.url, "").await;
+    // The upstream's own 429 goes back (120 s is past max_delay) and opens the hold.
+    let (status, retry_after, _) = get(format!("{}/r/a", gw.url)).await;
+    assert_eq!((status, retry_after.as_deref()), (429, Some("120")));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let started = Instant::now();
+    let (status, retry_after, code) = get(format!("{}/r/b", gw.url)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered at once"
+    );
+    assert_eq!((status, code.as_str()), (429, "throttled"));
+    let secs: u64 = retry_after.unwrap().parse().unwrap();
+    assert!((89..=91).contains(&secs), "Retry-After {secs}");
+    assert_eq!(
+        log.lock().unwrap().arrivals.len(),
+        1,
+        "nothing reached the upstream"
+    );
+    // After the window, requests go upstream again.
+    tokio::time::sleep(Duration::from_secs(91)).await;
+    get(format!("{}/r/c", gw.url)).await;
+    assert_eq!(log.lock().unwrap().arrivals.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_queue_is_bounded_and_a_client_that_goes_away_leaves_it() {
+    let (server, log) = upstream(|n| {
+        if n == 0 {
+            (429, Some("5"))
+        } else {
+            (200, None)
+        }
+    })
+    .await;
+    let gw = gateway(&server.url, "[routes.throttle]\nmax_queue = 2").await;
+    let admin = gw.admin_url.clone().unwrap();
+    let queue = || {
+        let admin = admin.clone();
+        async move {
+            let text = client()
+                .get(format!("{admin}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            support::metrics::get(
+                &support::metrics::samples(&text),
+                "azgate_throttle_queue",
+                &[("route", "/r")],
+            )
+        }
+    };
+    // The first request's own 429 opens a 5 s hold; it waits in the queue itself.
+    let first = tokio::spawn(get(format!("{}/r/a", gw.url)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(queue().await, 1.0);
+    let leaving = tokio::spawn(get(format!("{}/r/leaving", gw.url)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(queue().await, 2.0);
+    // Full: answered at once.
+    let (status, _, code) = get(format!("{}/r/over", gw.url)).await;
+    assert_eq!((status, code.as_str()), (429, "throttled"));
+    // A client that goes away leaves the queue, and its place is free again.
+    leaving.abort();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(queue().await, 1.0);
+    let later = tokio::spawn(get(format!("{}/r/later", gw.url)));
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(later.await.unwrap().0, 200);
+    assert_eq!(queue().await, 0.0);
+    assert_eq!(
+        log.lock().unwrap().arrivals.len(),
+        3,
+        "429, then a and later"
+    );
+    let metrics = support::metrics::samples(
+        &client()
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let get = |name, labels: &[(&str, &str)]| support::metrics::get(&metrics, name, labels);
+    assert_eq!(get("azgate_throttle_holds_total", &[("route", "/r")]), 1.0);
+    assert_eq!(
+        get(
+            "azgate_throttled_total",
+            &[("route", "/r"), ("outcome", "rejected")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "azgate_upstream_ratelimit_remaining",
+            &[
+                ("route", "/r"),
+                ("header", "x-ms-ratelimit-remaining-subscription-reads")
+            ]
+        ),
+        11999.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn routes_without_a_credential_do_not_hold_unless_asked() {
+    let (server, log) = upstream(|n| {
+        if n == 0 {
+            (429, Some("60"))
+        } else {
+            (200, None)
+        }
+    })
+    .await;
+    let gw = Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/plain\"\nupstream = \"{u}\"\n\
+         [[routes]]\nprefix = \"/held\"\nupstream = \"{u}\"\n[routes.throttle]\nhold = true\n",
+        u = server.url
+    ))
+    .await;
+    // The clients carry their own identities: one client's 429 holds no one else.
+    assert_eq!(get(format!("{}/plain/a", gw.url)).await.0, 429);
+    assert_eq!(get(format!("{}/plain/b", gw.url)).await.0, 200);
+    assert_eq!(log.lock().unwrap().arrivals.len(), 2);
+    // hold = true asks for it.
+    let (server, log) = upstream(|n| {
+        if n == 0 {
+            (429, Some("60"))
+        } else {
+            (200, None)
+        }
+    })
+    .await;
+    drop(gw);
+    let gw = Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/held\"\nupstream = \"{}\"\n[routes.throttle]\nhold = true\n",
+        server.url
+    ))
+    .await;
+    assert_eq!(get(format!("{}/held/a", gw.url)).await.0, 429);
+    assert_eq!(get(format!("{}/held/b", gw.url)).await.2, "throttled");
+    assert_eq!(log.lock().unwrap().arrivals.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_json_shows_the_hold_and_its_queue() {
+    let (server, _log) = upstream(|n| {
+        if n == 0 {
+            (429, Some("10"))
+        } else {
+            (200, None)
+        }
+    })
+    .await;
+    let gw = gateway(&server.url, "").await;
+    let waiting = tokio::spawn(get(format!("{}/r/a", gw.url)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let admin = gw.admin_url.clone().unwrap();
+    let status = support::json(
+        client()
+            .get(format!("{admin}/status.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let throttle = &status["routes"][0]["throttle"];
+    let left = throttle["hold_left_ms"].as_u64().unwrap();
+    assert!((8_500..=9_500).contains(&left), "{throttle}");
+    assert_eq!(throttle["queued"], 1);
+    assert_eq!(waiting.await.unwrap().0, 200);
+}
