@@ -30,6 +30,7 @@ pub mod logs;
 pub mod metrics;
 pub mod raw;
 pub mod scripted;
+pub mod sdk;
 pub mod tls;
 pub mod video_indexer;
 
