@@ -124,6 +124,8 @@ pub struct RawRoute {
 pub struct RawThrottle {
     pub hold: Option<bool>,
     pub max_queue: Option<usize>,
+    pub rate: Option<String>,
+    pub burst: Option<u32>,
 }
 
 /// `[routes.cors]` of a vending route.

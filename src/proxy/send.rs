@@ -107,6 +107,9 @@ pub async fn send_with_retry(
             Ok(pass) => pass,
             Err(err) => return finish(Err(err), attempts, started, authorization),
         };
+        if let Err(err) = route.throttle.pace(wait_limit, telemetry).await {
+            return finish(Err(err), attempts, started, authorization);
+        }
         let Some(attempt_body) = body.attempt() else {
             let err = ProxyError::BadRequest(
                 "the request body was already sent and cannot be sent again".into(),

@@ -6,6 +6,7 @@
 //! 429 `throttled` and `Retry-After` set to the whole seconds left. When the hold ends one
 //! probe request goes first; the queue follows if it succeeds, and waits again if the probe
 //! is throttled too. A client that disconnects leaves the queue (its future is dropped).
+//! With `rate`, requests are also paced by a token bucket, to stay under a known quota.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +40,9 @@ pub struct Throttle {
     route: Arc<str>,
     phase: watch::Sender<Phase>,
     queued: AtomicUsize,
+    /// The token bucket of `rate`/`burst`: tokens left (negative: reserved by waiters) and
+    /// when it was last refilled.
+    bucket: std::sync::Mutex<(f64, Instant)>,
 }
 
 /// Leave to send one attempt. The probe's pass resolves the probe when it is observed;
@@ -77,11 +81,53 @@ impl Drop for Waiting<'_> {
 impl Throttle {
     pub fn new(config: ThrottleConfig, route: Arc<str>) -> Self {
         Self {
-            config,
             route,
+            bucket: std::sync::Mutex::new((
+                config.rate.map_or(0.0, |pace| f64::from(pace.burst)),
+                Instant::now(),
+            )),
             phase: watch::Sender::new(Phase::Open),
             queued: AtomicUsize::new(0),
+            config,
         }
+    }
+
+    /// Paces the route at its `rate`: takes a token, waiting for one if the bucket is
+    /// empty, unless the wait would pass `deadline` (then 429 `throttled`). Waiters
+    /// reserve their token first, so they go in the order they came.
+    pub async fn pace(&self, deadline: Instant, telemetry: &Telemetry) -> Result<(), ProxyError> {
+        let Some(pace) = self.config.rate else {
+            return Ok(());
+        };
+        let wait = {
+            let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let (tokens, last) = *bucket;
+            let refilled = (tokens + now.duration_since(last).as_secs_f64() * pace.per_second)
+                .min(f64::from(pace.burst));
+            let after = refilled - 1.0;
+            let wait = if after >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-after / pace.per_second)
+            };
+            if now + wait > deadline {
+                *bucket = (refilled, now);
+                drop(bucket);
+                telemetry.record_throttled(&self.route, "rejected");
+                return Err(ProxyError::Throttled {
+                    route: self.route.to_string(),
+                    retry_after: wait,
+                    queue_full: true,
+                });
+            }
+            *bucket = (after, now);
+            wait
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
     }
 
     pub fn holds(&self) -> bool {
