@@ -5,9 +5,11 @@
 //! Every problem in a file is collected and reported together, each with its key path,
 //! so one run of `azgate check` shows everything that needs fixing.
 
+mod credential_types;
 mod credentials;
 mod error;
 mod interpolate;
+mod load;
 pub mod presets;
 mod raw;
 mod retry;
@@ -22,7 +24,7 @@ mod vend;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +33,10 @@ use rustls::pki_types::CertificateDer;
 
 use crate::secret::Secret;
 
+pub use credential_types::*;
 pub use credentials::read_client_certificate;
 pub use error::{ConfigError, Problem};
+pub use load::{ConfigSource, parse};
 pub use server::{exposed_admin, exposed_proxy};
 pub use single::{CredentialSubset, parse_credential};
 pub use throttle::ThrottleConfig;
@@ -174,215 +178,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// One `[credentials.NAME]` entry, validated for its `type`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CredentialConfig {
-    /// A fixed header, e.g. a bearer token taken from a variable. The value is marked
-    /// sensitive: its `Debug` prints `Sensitive`.
-    Static {
-        header: HeaderName,
-        value: HeaderValue,
-    },
-    /// An API Management subscription key (sensitive, like `Static`'s value).
-    SubscriptionKey {
-        header: HeaderName,
-        key: HeaderValue,
-        /// Used after the primary key is refused (401/403), until the next reload:
-        /// rotating keys without downtime.
-        secondary_key: Option<HeaderValue>,
-    },
-    ClientSecret(ClientSecretConfig),
-    ClientCertificate(ClientCertificateConfig),
-    ManagedIdentity(ManagedIdentityConfig),
-    WorkloadIdentity(WorkloadIdentityConfig),
-    AzureCli(AzureCliConfig),
-    Default(DefaultConfig),
-    VideoIndexer(VideoIndexerConfig),
-}
-
-impl CredentialConfig {
-    /// The config `type` name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            CredentialConfig::Static { .. } => "static",
-            CredentialConfig::SubscriptionKey { .. } => "subscription_key",
-            CredentialConfig::ClientSecret(_) => "client_secret",
-            CredentialConfig::ClientCertificate(_) => "client_certificate",
-            CredentialConfig::ManagedIdentity(_) => "managed_identity",
-            CredentialConfig::WorkloadIdentity(_) => "workload_identity",
-            CredentialConfig::AzureCli(_) => "azure_cli",
-            CredentialConfig::Default(_) => "default",
-            CredentialConfig::VideoIndexer(_) => "video_indexer",
-        }
-    }
-
-    /// The token audience, for Entra ID token credentials.
-    pub fn audience(&self) -> Option<&Audience> {
-        match self {
-            CredentialConfig::ClientSecret(c) => Some(&c.audience),
-            CredentialConfig::ClientCertificate(c) => Some(&c.audience),
-            CredentialConfig::ManagedIdentity(c) => Some(&c.audience),
-            CredentialConfig::WorkloadIdentity(c) => Some(&c.audience),
-            CredentialConfig::AzureCli(c) => Some(&c.audience),
-            CredentialConfig::Default(c) => Some(&c.audience),
-            _ => None,
-        }
-    }
-
-    /// Whether this credential yields an Entra ID bearer token (usable as `arm` of a
-    /// Video Indexer credential).
-    pub fn is_entra_token(&self) -> bool {
-        matches!(
-            self,
-            CredentialConfig::ClientSecret(_)
-                | CredentialConfig::ClientCertificate(_)
-                | CredentialConfig::ManagedIdentity(_)
-                | CredentialConfig::WorkloadIdentity(_)
-                | CredentialConfig::AzureCli(_)
-                | CredentialConfig::Default(_)
-        )
-    }
-}
-
-/// What a token is for: a v2 `scope` (`https://management.azure.com/.default`) or a v1
-/// `resource` (`https://rest.media.azure.net`). Each converts to the other form for
-/// sources that only speak one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Audience {
-    Scope(String),
-    Resource(String),
-}
-
-impl Audience {
-    /// The v2 scope: a resource gains `/.default`.
-    pub fn scope(&self) -> String {
-        match self {
-            Audience::Scope(scope) => scope.clone(),
-            Audience::Resource(resource) => format!("{}/.default", resource.trim_end_matches('/')),
-        }
-    }
-
-    /// The v1 resource: a scope loses its `/.default` (or last permission segment).
-    pub fn resource(&self) -> String {
-        match self {
-            Audience::Resource(resource) => resource.clone(),
-            Audience::Scope(scope) => match scope.strip_suffix("/.default") {
-                Some(resource) => resource.to_string(),
-                None => scope.clone(),
-            },
-        }
-    }
-}
-
-/// An Entra ID application: who asks for the token and where.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EntraApp {
-    pub tenant: String,
-    pub client_id: String,
-    /// Authority host; `None` means `$AZURE_AUTHORITY_HOST`, then the public cloud.
-    pub authority: Option<String>,
-    /// Full token endpoint URL, replacing `{authority}/{tenant}/oauth2/...`.
-    pub token_url: Option<String>,
-}
-
-/// `type = "client_secret"`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClientSecretConfig {
-    pub app: EntraApp,
-    pub client_secret: Secret,
-    pub audience: Audience,
-}
-
-/// `type = "client_certificate"`: a PEM file holding the certificate (chain) and its key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClientCertificateConfig {
-    pub app: EntraApp,
-    pub audience: Audience,
-    pub certificate_path: PathBuf,
-    /// The certificate first, then any chain certificates, as DER.
-    pub chain: Arc<Vec<CertificateDer<'static>>>,
-    /// The private key as PEM (PKCS#1, SEC1 or PKCS#8).
-    pub key_pem: Secret,
-    /// Send the chain in the assertion's `x5c` header (subject name / issuer auth).
-    pub send_chain: bool,
-}
-
-/// `type = "managed_identity"`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ManagedIdentityConfig {
-    pub audience: Audience,
-    /// A user-assigned identity's client id.
-    pub client_id: Option<String>,
-    /// An IMDS-protocol URL replacing `http://169.254.169.254/metadata/identity/oauth2/token`.
-    pub endpoint: Option<String>,
-}
-
-/// `type = "workload_identity"`; unset keys come from the `AZURE_*` variables the AKS
-/// webhook injects.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkloadIdentityConfig {
-    pub audience: Audience,
-    pub tenant: Option<String>,
-    pub client_id: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub authority: Option<String>,
-}
-
-/// `type = "azure_cli"`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AzureCliConfig {
-    pub audience: Audience,
-    pub tenant: Option<String>,
-    pub subscription: Option<String>,
-}
-
-/// `type = "default"`: environment, workload identity, managed identity, Azure CLI.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DefaultConfig {
-    pub audience: Audience,
-}
-
-/// `type = "video_indexer"`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VideoIndexerConfig {
-    /// `trial` or an Azure region name.
-    pub location: String,
-    pub account_id: String,
-    pub auth: VideoIndexerAuth,
-    pub inject: VideoIndexerInject,
-    /// Where classic tokens are fetched (default `https://api.videoindexer.ai`).
-    pub api_url: String,
-    /// Where ARM `generateAccessToken` is called (default `https://management.azure.com`).
-    pub management_url: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum VideoIndexerAuth {
-    /// Classic (API key) account: the subscription key buys an account access token.
-    Classic {
-        subscription_key: Secret,
-        allow_edit: bool,
-    },
-    /// ARM-based account: another credential's ARM token buys it via `generateAccessToken`.
-    Arm {
-        arm: String,
-        subscription_id: String,
-        resource_group: String,
-        account_name: String,
-        /// `Reader` or `Contributor`.
-        permission: String,
-    },
-}
-
-/// How a Video Indexer token is attached to requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VideoIndexerInject {
-    /// `accessToken=` query parameter (what all of Microsoft's samples do).
-    Query,
-    /// `Authorization: Bearer`.
-    Header,
-}
-
 /// One `[[routes]]` entry.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
@@ -463,116 +258,4 @@ impl std::fmt::Debug for CaRoots {
             self.certs.len()
         )
     }
-}
-
-/// Where `serve` and `check` read their config from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigSource {
-    File(PathBuf),
-    Embedded,
-}
-
-impl ConfigSource {
-    /// `-c FILE`, else `$AZGATE_CONFIG`, else `./proxy.toml` when present, else the
-    /// embedded default.
-    pub fn resolve(cli: Option<PathBuf>) -> Self {
-        if let Some(path) = cli {
-            return ConfigSource::File(path);
-        }
-        if let Some(path) = std::env::var_os("AZGATE_CONFIG").filter(|p| !p.is_empty()) {
-            return ConfigSource::File(PathBuf::from(path));
-        }
-        let local = PathBuf::from("proxy.toml");
-        if local.is_file() {
-            return ConfigSource::File(local);
-        }
-        ConfigSource::Embedded
-    }
-
-    /// The name used in messages.
-    pub fn display_name(&self) -> String {
-        match self {
-            ConfigSource::File(path) => path.display().to_string(),
-            ConfigSource::Embedded => "<embedded default>".to_string(),
-        }
-    }
-
-    /// Reads and validates the config, with variables from the process environment.
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        let env = |name: &str| std::env::var(name).ok();
-        let (text, base_dir) = self.read()?;
-        parse(&text, &self.display_name(), &base_dir, &env)
-    }
-
-    /// Reads and validates only the credential `name` and what it depends on, for
-    /// `azgate token NAME`: problems elsewhere in the file do not stop it.
-    pub fn load_credential(&self, name: &str) -> Result<CredentialSubset, ConfigError> {
-        let env = |name: &str| std::env::var(name).ok();
-        let (text, base_dir) = self.read()?;
-        parse_credential(&text, &self.display_name(), &base_dir, &env, name)
-    }
-
-    /// The config text and the directory relative paths in it start from.
-    fn read(&self) -> Result<(String, PathBuf), ConfigError> {
-        match self {
-            ConfigSource::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-                    file: self.display_name(),
-                    problems: vec![Problem {
-                        path: String::new(),
-                        message: format!("cannot read the config file: {e}"),
-                    }],
-                })?;
-                let base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-                Ok((text, base_dir))
-            }
-            ConfigSource::Embedded => Ok((EMBEDDED_DEFAULT.to_string(), PathBuf::from("."))),
-        }
-    }
-}
-
-/// Parses and validates config text. `file` names it in messages; relative paths in it
-/// (such as `ca_file`) are resolved against `base_dir`; `env` supplies `${VAR}` values.
-pub fn parse(
-    text: &str,
-    file: &str,
-    base_dir: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
-    let mut problems = error::Problems::default();
-    let mut root = toml_document(text, file)?;
-    interpolate::interpolate_tree(&mut root, "", env, &mut problems);
-    let config = validate::validate(root, file, base_dir, &mut problems);
-    match config {
-        Some(mut config) if problems.is_empty() => {
-            config.warnings = problems.take_warnings();
-            Ok(config)
-        }
-        _ => Err(problems.into_error(file)),
-    }
-}
-
-/// The TOML document, or the syntax error with its line and column.
-fn toml_document(text: &str, file: &str) -> Result<toml::Value, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let mut problems = error::Problems::default();
-        let at = e.span().map(|span| line_and_column(text, span.start));
-        let message = e.message().trim_end();
-        match at {
-            Some((line, column)) => problems.push(
-                "",
-                format!("not valid TOML at line {line}, column {column}: {message}"),
-            ),
-            None => problems.push("", format!("not valid TOML: {message}")),
-        }
-        problems.into_error(file)
-    })
-}
-
-/// 1-based line and column of a byte offset.
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }

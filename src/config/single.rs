@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::error::{Problems, join};
-use super::{ConfigError, CredentialConfig, credentials, interpolate, presets, toml_document};
+use super::load::toml_document;
+use super::{ConfigError, CredentialConfig, credentials, interpolate, presets};
 
 /// The credentials `azgate token NAME` needs, validated.
 #[derive(Debug)]
