@@ -876,11 +876,20 @@ vend = "vi"
     let admin: std::net::SocketAddr = gw.admin_url.as_deref().unwrap()["http://".len()..]
         .parse()
         .unwrap();
+    let server = gw.into_server();
     support::tls::send_hello(admin, &support::tls::client_hello_with_bad_sni()).await;
+    // The failure is counted when the server's side of the connection ends, which may be
+    // after the client saw it closed.
+    let counted = "azgate_tls_handshake_failures_total{";
+    for _ in 0..250 {
+        if server.telemetry.encode().contains(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut session = files.client().open(admin).await.unwrap();
     let (_, _, body) = session.get("/status.json").await.unwrap();
     drop(session);
-    let server = gw.into_server();
     let metrics = server.telemetry.encode();
     server.shutdown();
     server.wait().await;
