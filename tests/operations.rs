@@ -471,11 +471,21 @@ async fn reload_swaps_routes_and_keeps_unchanged_credentials() {
     // Listener changes are reported, not applied.
     let mut moved = config("app-2", true);
     moved.server.listen = "127.0.0.1:1".parse().unwrap();
+    moved.server.shutdown_grace = Duration::from_secs(99);
+    moved.server.drain_delay = Duration::from_secs(3);
     let warnings = server.apply(moved).unwrap();
-    assert!(
-        warnings.iter().any(|w| w.contains("server.listen")),
-        "{warnings:?}"
-    );
+    for key in [
+        "server.listen",
+        "server.shutdown_grace",
+        "server.drain_delay",
+    ] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with(&format!("{key} changed; restart"))),
+            "{key}: {warnings:?}"
+        );
+    }
     assert_eq!(status(c.get(format!("{url}/a/x"))).await, 200);
 
     let text = body_text(c.get(format!("{admin}/metrics"))).await;

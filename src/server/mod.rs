@@ -179,6 +179,15 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         old.server.idle_timeout != new.server.idle_timeout,
         "server.idle_timeout",
     );
+    // The drain's timing is taken when the server starts.
+    check(
+        old.server.shutdown_grace != new.server.shutdown_grace,
+        "server.shutdown_grace",
+    );
+    check(
+        old.server.drain_delay != new.server.drain_delay,
+        "server.drain_delay",
+    );
     check(old.server.backlog != new.server.backlog, "server.backlog");
     // azgate's own check applies the new limit at once; hyper's parser limit (twice it)
     // was set when the listener started.

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::{CredentialLabel, CredentialOutcome, RouteLabel};
+use super::labels::{CredentialLabel, CredentialOutcome, RouteLabel};
 
 /// What the scrape-time metrics read from the state in service. The gateway implements it
 /// (`gateway.rs`), so telemetry, a leaf of the module graph, imports nothing above it.

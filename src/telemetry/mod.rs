@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,8 +17,11 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 mod collectors;
+mod labels;
+mod seeding;
 pub use collectors::{Scraped, TokenSample};
 use collectors::{Source, ThrottleCollector, TokenCollector, VendCollector};
+use labels::*;
 
 /// Requests kept for the status page's history.
 const HISTORY: usize = 50;
@@ -28,71 +31,6 @@ const SAMPLES: usize = 1024;
 const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
-
-// Label values are shared (`Arc<str>`) or static, so counting a request allocates nothing.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    route: Arc<str>,
-    method: &'static str,
-    status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabel {
-    route: Arc<str>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RetryLabels {
-    route: Arc<str>,
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteOutcome {
-    route: Arc<str>,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HeaderLabels {
-    route: Arc<str>,
-    header: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VendLabels {
-    route: Arc<str>,
-    scope: &'static str,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HandshakeLabels {
-    listener: &'static str,
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabel {
-    listener: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CredentialOutcome {
-    credential: String,
-    outcome: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CredentialLabel {
-    credential: String,
-}
 
 /// One finished request, as the status page lists it. The path is already redacted.
 #[derive(Clone, Debug, Serialize)]
@@ -374,16 +312,6 @@ impl Telemetry {
             .inc();
     }
 
-    pub fn record_vend(&self, route: &Arc<str>, scope: &'static str, outcome: &'static str) {
-        self.vend_requests
-            .get_or_create(&VendLabels {
-                route: route.clone(),
-                scope,
-                outcome,
-            })
-            .inc();
-    }
-
     pub fn record_failover(&self, credential: &str) {
         self.failovers
             .get_or_create(&CredentialLabel {
@@ -427,86 +355,6 @@ impl Telemetry {
                 outcome: outcome.to_string(),
             })
             .inc();
-    }
-
-    /// Lists a label set at 0 before its first event (`gateway.rs` seeds those the config
-    /// makes known, at start and after each reload).
-    pub fn seed_retry(&self, route: &Arc<str>, reason: &'static str) {
-        self.retries.get_or_create_owned(&RetryLabels {
-            route: route.clone(),
-            reason,
-        });
-    }
-
-    pub fn seed_rewrite_skipped(&self, route: &Arc<str>, reason: &'static str) {
-        self.rewrite_skipped.get_or_create_owned(&RetryLabels {
-            route: route.clone(),
-            reason,
-        });
-    }
-
-    pub fn seed_vend(&self, route: &Arc<str>) {
-        for scope in ["account", "project", "video"] {
-            for outcome in ["hit", "miss", "refused", "error"] {
-                self.vend_requests.get_or_create_owned(&VendLabels {
-                    route: route.clone(),
-                    scope,
-                    outcome,
-                });
-            }
-        }
-    }
-
-    pub fn seed_throttle(&self, route: &Arc<str>) {
-        self.throttle_holds.get_or_create_owned(&RouteLabel {
-            route: route.clone(),
-        });
-        for outcome in ["queued", "rejected"] {
-            self.throttled.get_or_create_owned(&RouteOutcome {
-                route: route.clone(),
-                outcome,
-            });
-        }
-    }
-
-    pub fn record_throttle_hold(&self, route: &Arc<str>) {
-        self.throttle_holds
-            .get_or_create(&RouteLabel {
-                route: route.clone(),
-            })
-            .inc();
-    }
-
-    pub fn record_throttled(&self, route: &Arc<str>, outcome: &'static str) {
-        self.throttled
-            .get_or_create(&RouteOutcome {
-                route: route.clone(),
-                outcome,
-            })
-            .inc();
-    }
-
-    pub fn record_ratelimit_remaining(&self, route: &Arc<str>, header: &'static str, left: i64) {
-        self.ratelimit_remaining
-            .get_or_create(&HeaderLabels {
-                route: route.clone(),
-                header,
-            })
-            .set(left);
-    }
-
-    pub fn seed_failover(&self, credential: &str) {
-        self.failovers.get_or_create_owned(&CredentialLabel {
-            credential: credential.to_string(),
-        });
-    }
-
-    pub fn seed_reloads(&self) {
-        for outcome in ["success", "failure"] {
-            self.reloads.get_or_create_owned(&OutcomeLabel {
-                outcome: outcome.to_string(),
-            });
-        }
     }
 
     /// The most recent requests, newest first.
