@@ -364,3 +364,63 @@ async fn a_pace_wait_past_the_deadline_is_429_throttled() {
     );
     assert!(log.lock().unwrap().arrivals.len() <= 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn reads_are_spread_out_when_the_read_quota_runs_low() {
+    let arrivals = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
+    let seen = arrivals.clone();
+    let server = MockUpstream::start(move |request| {
+        let seen = seen.clone();
+        async move {
+            let n = {
+                let mut seen = seen.lock().unwrap();
+                seen.push((Instant::now(), request.method().to_string()));
+                seen.len()
+            };
+            // 250 reads left at first, then 5: under 5% of the largest seen.
+            let left = if n == 1 { "250" } else { "5" };
+            Response::builder()
+                .header("x-ms-ratelimit-remaining-subscription-reads", left)
+                .header("x-ms-ratelimit-remaining-subscription-writes", "199")
+                .body(full("ok"))
+                .unwrap()
+        }
+    })
+    .await;
+    let gw = gateway(&server.url, "").await;
+    assert_eq!(get(format!("{}/r/first", gw.url)).await.0, 200);
+    assert_eq!(get(format!("{}/r/second", gw.url)).await.0, 200);
+    // Now the read quota is low: 20 reads at once are spread out at ARM's 25/s refill,
+    // while a write goes at once.
+    let reads: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(get(format!("{}/r/{i}", gw.url))))
+        .collect();
+    let write = client()
+        .put(format!("{}/r/w", gw.url))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 200);
+    for answer in reads {
+        assert_eq!(answer.await.unwrap().0, 200);
+    }
+    let arrivals = arrivals.lock().unwrap().clone();
+    let gets: Vec<Instant> = arrivals
+        .iter()
+        .skip(2)
+        .filter(|(_, m)| m == "GET")
+        .map(|(at, _)| *at)
+        .collect();
+    assert_eq!(gets.len(), 20);
+    let span = gets[19].duration_since(gets[0]).as_secs_f64();
+    assert!(
+        (0.7..=0.85).contains(&span),
+        "20 reads over {span:.3}s, not 19/25 s"
+    );
+    let put_at = arrivals.iter().find(|(_, m)| m == "PUT").unwrap().0;
+    assert!(
+        put_at.duration_since(gets[0]).as_secs_f64() < 0.1,
+        "the write waited"
+    );
+}

@@ -126,6 +126,7 @@ pub struct RawThrottle {
     pub max_queue: Option<usize>,
     pub rate: Option<String>,
     pub burst: Option<u32>,
+    pub min_remaining: Option<u64>,
 }
 
 /// `[routes.cors]` of a vending route.

@@ -18,6 +18,9 @@ pub struct ThrottleConfig {
     /// Pacing: at most this many requests per second on average (`rate = "25/s"`), with
     /// `burst` at once; `None` sends as they come.
     pub rate: Option<Pace>,
+    /// Below this many requests left in an `x-ms-ratelimit-remaining-*` header, requests of
+    /// its kind are spread out at ARM's refill rate; `None`: 5% of the largest value seen.
+    pub min_remaining: Option<u64>,
 }
 
 /// A token bucket: `per_second` refill, `burst` capacity.
@@ -36,6 +39,7 @@ impl ThrottleConfig {
             hold: has_credential,
             max_queue: DEFAULT_MAX_QUEUE,
             rate: None,
+            min_remaining: None,
         }
     }
 }
@@ -61,6 +65,7 @@ pub fn validate(
         Some(n) => config.max_queue = n,
         None => {}
     }
+    config.min_remaining = raw.min_remaining;
     let at = |key: &str| join(&join(path, "throttle"), key);
     match (raw.rate.as_deref(), raw.burst) {
         (Some(text), burst) => match parse_rate(text) {

@@ -110,6 +110,13 @@ pub async fn send_with_retry(
         if let Err(err) = route.throttle.pace(wait_limit, telemetry).await {
             return finish(Err(err), attempts, started, authorization);
         }
+        if let Err(err) = route
+            .throttle
+            .spread(template.method(), wait_limit, telemetry)
+            .await
+        {
+            return finish(Err(err), attempts, started, authorization);
+        }
         let Some(attempt_body) = body.attempt() else {
             let err = ProxyError::BadRequest(
                 "the request body was already sent and cannot be sent again".into(),
@@ -265,6 +272,7 @@ fn record_quota(route: &Route, headers: &http::HeaderMap, telemetry: &Telemetry)
             .and_then(|v| v.trim().parse::<i64>().ok())
         {
             telemetry.record_ratelimit_remaining(&route.name, name, left);
+            route.throttle.note_quota(name, left);
         }
     }
 }

@@ -43,6 +43,42 @@ pub struct Throttle {
     /// The token bucket of `rate`/`burst`: tokens left (negative: reserved by waiters) and
     /// when it was last refilled.
     bucket: std::sync::Mutex<(f64, Instant)>,
+    /// What the upstream's quota headers said, to spread requests out when it runs low.
+    quota: std::sync::Mutex<Quota>,
+}
+
+/// ARM's per-principal refill rates (reads, writes, deletes per second): below
+/// `min_remaining`, requests of a kind are spread out at this pace, so the quota refills
+/// as fast as it is spent instead of reaching zero.
+const REFILL: [f64; 3] = [25.0, 10.0, 10.0];
+
+/// Per quota header: the largest value seen and the last; per kind, a pacing bucket.
+#[derive(Debug, Default)]
+struct Quota {
+    headers: Vec<(&'static str, i64, i64)>,
+    next_slot: [Option<Instant>; 3],
+}
+
+/// Reads (GET, HEAD), writes (PUT, POST, PATCH) or deletes, as ARM counts them.
+fn kind_of_method(method: &http::Method) -> Option<usize> {
+    match *method {
+        http::Method::GET | http::Method::HEAD => Some(0),
+        http::Method::PUT | http::Method::POST | http::Method::PATCH => Some(1),
+        http::Method::DELETE => Some(2),
+        _ => None,
+    }
+}
+
+fn kind_of_header(name: &str) -> Option<usize> {
+    if name.ends_with("-reads") {
+        Some(0)
+    } else if name.ends_with("-writes") {
+        Some(1)
+    } else if name.ends_with("-deletes") {
+        Some(2)
+    } else {
+        None
+    }
 }
 
 /// Leave to send one attempt. The probe's pass resolves the probe when it is observed;
@@ -88,8 +124,68 @@ impl Throttle {
             )),
             phase: watch::Sender::new(Phase::Open),
             queued: AtomicUsize::new(0),
+            quota: std::sync::Mutex::default(),
             config,
         }
+    }
+
+    /// Notes what an `x-ms-ratelimit-remaining-*` header said is left.
+    pub fn note_quota(&self, header: &'static str, left: i64) {
+        let mut quota = self.quota.lock().unwrap_or_else(|p| p.into_inner());
+        match quota
+            .headers
+            .iter_mut()
+            .find(|(name, _, _)| *name == header)
+        {
+            Some(entry) => {
+                entry.1 = entry.1.max(left);
+                entry.2 = left;
+            }
+            None => quota.headers.push((header, left, left)),
+        }
+    }
+
+    /// Spreads out a request of a kind whose quota runs low (below `min_remaining`, else 5%
+    /// of the largest value seen): one request per refill interval of that kind, in the
+    /// order they came; a wait past `deadline` is 429 `throttled`.
+    pub async fn spread(
+        &self,
+        method: &http::Method,
+        deadline: Instant,
+        telemetry: &Telemetry,
+    ) -> Result<(), ProxyError> {
+        let Some(kind) = kind_of_method(method) else {
+            return Ok(());
+        };
+        let wait = {
+            let mut quota = self.quota.lock().unwrap_or_else(|p| p.into_inner());
+            let floor = self.config.min_remaining;
+            let low = quota.headers.iter().any(|(name, max, last)| {
+                let threshold = floor.map_or(*max as f64 * 0.05, |f| f as f64);
+                kind_of_header(name) == Some(kind) && (*last as f64) < threshold
+            });
+            if !low {
+                quota.next_slot[kind] = None;
+                return Ok(());
+            }
+            let now = Instant::now();
+            let slot = quota.next_slot[kind].map_or(now, |at| at.max(now));
+            if slot > deadline {
+                drop(quota);
+                telemetry.record_throttled(&self.route, "rejected");
+                return Err(ProxyError::Throttled {
+                    route: self.route.to_string(),
+                    retry_after: slot - now,
+                    queue_full: true,
+                });
+            }
+            quota.next_slot[kind] = Some(slot + Duration::from_secs_f64(1.0 / REFILL[kind]));
+            slot - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
     }
 
     /// Paces the route at its `rate`: takes a token, waiting for one if the bucket is
