@@ -133,18 +133,26 @@ impl Gateway {
         self.named(names.into_iter())
     }
 
-    /// The credentials routes use: forwarding routes' `credential`, vending routes' `vend`.
+    /// The credentials routes use: forwarding routes' `credential`, and the token source
+    /// behind a vending route's `vend`.
     fn route_credentials(&self) -> Vec<&Arc<Credential>> {
         let forwarding = self
             .config
             .routes
             .iter()
             .filter_map(|route| route.credential.as_deref());
-        let vending = self
-            .config
-            .vend_routes
-            .iter()
-            .map(|route| route.credential.as_str());
+        // A vending route fetches viewer tokens, never the account token: what it needs
+        // of credentials is the ARM credential of an ARM-based account (a classic one
+        // needs only its key).
+        let vending = self.config.vend_routes.iter().filter_map(|route| {
+            match self.config.credentials.get(&route.credential) {
+                Some(crate::config::CredentialConfig::VideoIndexer(vi)) => match &vi.auth {
+                    crate::config::VideoIndexerAuth::Arm { arm, .. } => Some(arm.as_str()),
+                    crate::config::VideoIndexerAuth::Classic { .. } => None,
+                },
+                _ => None,
+            }
+        });
         self.named(forwarding.chain(vending))
     }
 

@@ -625,6 +625,7 @@ fn every_error() -> Vec<(ProxyError, String)> {
         }),
         ProxyError::TokenRefused {
             status: StatusCode::NOT_FOUND,
+            retry_after: None,
             message: text("not found"),
         },
         ProxyError::Throttled {

@@ -683,3 +683,56 @@ async fn a_reload_keeps_the_cached_tokens_of_an_unchanged_route() {
     assert_eq!(vi.call_count(), 2);
     server.shutdown();
 }
+
+#[tokio::test(start_paused = true)]
+async fn video_indexers_429_holds_the_routes_fetches_and_passes_its_retry_after_on() {
+    let vi = MockVideoIndexer::start().await;
+    vi.respond_with(|call, _| {
+        if call.path.contains("/Videos/busy") {
+            support::video_indexer::throttled(5)
+        } else {
+            token_string(&jwt(json!({"exp": now_secs() + 3600})))
+        }
+    });
+    let gw = start(&classic_account(&vi.url, "")).await;
+    // A token cached before the 429 is still served during the hold.
+    vended(&gw, "/vi-tokens/videos/cached").await;
+    let (status, headers, body) = get_path(&gw, "/vi-tokens/videos/busy").await;
+    assert_eq!(status, 429);
+    assert_eq!(
+        headers.get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("5"),
+        "{headers:?} {body}"
+    );
+    assert_eq!(headers["x-azgate-error"], "token_refused");
+    // Other keys are not fetched while the account is throttled.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let (status, headers, _) = get_path(&gw, "/vi-tokens/videos/other").await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "3");
+    vended(&gw, "/vi-tokens/videos/cached").await;
+    assert_eq!(vi.call_count(), 2, "{:?}", vi.calls());
+    // After the window, fetches go again.
+    tokio::time::advance(Duration::from_secs(4)).await;
+    vended(&gw, "/vi-tokens/videos/other").await;
+    assert_eq!(vi.call_count(), 3);
+}
+
+#[tokio::test]
+async fn readiness_of_a_vending_only_config_does_not_follow_the_account_token() {
+    let vi = MockVideoIndexer::start().await;
+    vi.respond_with(|_, _| vi_error(500, "GENERAL", "down"));
+    let gw = start(&classic_account(&vi.url, "")).await;
+    let admin = gw.admin_url.clone().unwrap();
+    let ready = client()
+        .get(format!("{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "a classic account's vending needs only its key"
+    );
+    assert_eq!(vi.call_count(), 0, "no account token was fetched");
+}

@@ -49,7 +49,12 @@ pub enum ProxyError {
     /// The token service refused a token azgate asked for on a client's behalf (Video
     /// Indexer's classic auth calls): its 4xx status goes back to the client.
     #[error("{message}")]
-    TokenRefused { status: StatusCode, message: String },
+    TokenRefused {
+        status: StatusCode,
+        message: String,
+        /// Video Indexer's own `Retry-After` on a 429, passed on.
+        retry_after: Option<Duration>,
+    },
     /// The route holds after the upstream's 429 and this request cannot wait it out.
     #[error("{}", throttled_message(route, *retry_after, *queue_full))]
     Throttled {
@@ -155,7 +160,12 @@ pub fn respond(err: &ProxyError, request_id: &str) -> Response<ProxyBody> {
             HeaderValue::from_static("AzgateKey realm=\"azgate\", header=\"x-azgate-key\""),
         );
     }
-    if let ProxyError::Throttled { retry_after, .. } = err {
+    if let ProxyError::Throttled { retry_after, .. }
+    | ProxyError::TokenRefused {
+        retry_after: Some(retry_after),
+        ..
+    } = err
+    {
         headers.insert(
             header::RETRY_AFTER,
             HeaderValue::from(whole_seconds(*retry_after)),
@@ -211,6 +221,7 @@ mod tests {
             (
                 ProxyError::TokenRefused {
                     status: StatusCode::NOT_FOUND,
+                    retry_after: None,
                     message: "Video Indexer answered 404".into(),
                 },
                 404,

@@ -159,6 +159,9 @@ pub(super) fn refusal(credential: &str, err: FetchError) -> ProxyError {
     match err.status.and_then(|s| StatusCode::from_u16(s).ok()) {
         Some(status) if is_refusal(&err) => ProxyError::TokenRefused {
             status,
+            retry_after: err
+                .retry_after
+                .filter(|_| status == StatusCode::TOO_MANY_REQUESTS),
             message: format!(
                 "credential \"{credential}\": Video Indexer refused the token: {}",
                 err.message

@@ -8,6 +8,9 @@
 //!   many videos cannot push Video Indexer past its per-account rate.
 //! - A refusal (4xx other than 429) is remembered for 30 s per key: a storm of requests
 //!   for a missing video costs one upstream call per 30 s.
+//! - A 429 holds every fetch of the route until its `Retry-After` (a second if none): the
+//!   rate limit is the account's. Cached tokens are still served; the client gets the 429
+//!   with the time left.
 //!
 //! Times are checked on tokio's clock (moka's own expiry runs on the wall clock), so the
 //! rules are exact and testable with a paused clock.
@@ -78,6 +81,9 @@ pub struct ViewerTokens {
     tokens: Cache<Scope, Arc<Viewer>>,
     refusals: Cache<Scope, Refusal>,
     fetches: Arc<Semaphore>,
+    /// After Video Indexer's 429: no fetch until then (the rate limit is the account's, so
+    /// it holds for every key); cached tokens are still served.
+    held_until: std::sync::Mutex<Option<Instant>>,
     pub stats: Stats,
 }
 
@@ -125,6 +131,7 @@ impl ViewerTokens {
                 .time_to_live(REFUSAL_MEMORY)
                 .build(),
             fetches: Arc::new(Semaphore::new(max_concurrent_fetches.max(1))),
+            held_until: std::sync::Mutex::new(None),
             stats: Stats::default(),
         }
     }
@@ -162,6 +169,15 @@ impl ViewerTokens {
             }
             self.refusals.invalidate(&scope).await;
         }
+        if let Some(left) = self.held_for(now) {
+            let held = FetchError::new(format!(
+                "Video Indexer throttled this account; no token is asked for {}s more",
+                left.as_secs_f64().ceil()
+            ))
+            .with_status(429)
+            .with_retry_after(Some(left));
+            return self.counted(Err(held), Outcome::Refused);
+        }
         let fetched = self
             .tokens
             .try_get_with(scope.clone(), self.fetch(&scope))
@@ -182,9 +198,23 @@ impl ViewerTokens {
                 self.refusals.insert(scope, refusal).await;
                 self.counted(Err(error), Outcome::Refused)
             }
-            Err(error) if is_refusal(&error) => self.counted(Err(error), Outcome::Refused),
+            Err(error) if is_refusal(&error) => {
+                if error.status == Some(429) {
+                    let wait = error.retry_after.unwrap_or(Duration::from_secs(1));
+                    let mut held = self.held_until.lock().unwrap_or_else(|p| p.into_inner());
+                    let until = Instant::now() + wait;
+                    *held = Some(held.map_or(until, |at| at.max(until)));
+                }
+                self.counted(Err(error), Outcome::Refused)
+            }
             Err(error) => self.counted(Err(error), Outcome::Error),
         }
+    }
+
+    /// The time left on a hold after Video Indexer's 429, if one holds at `now`.
+    fn held_for(&self, now: Instant) -> Option<Duration> {
+        let held = self.held_until.lock().unwrap_or_else(|p| p.into_inner());
+        held.filter(|until| *until > now).map(|until| until - now)
     }
 
     /// One upstream fetch, waiting for a fetch slot first.
