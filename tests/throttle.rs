@@ -97,7 +97,7 @@ async fn a_hold_keeps_the_route_from_the_upstream_and_releases_it_with_one_probe
     let started = Instant::now();
     let first = tokio::spawn(get(format!("{}/r/a", gw.url)));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let others: Vec<_> = (0..5)
+    let others: Vec<_> = (0..30)
         .map(|i| tokio::spawn(get(format!("{}/r/b{i}", gw.url))))
         .collect();
     for answer in others {
@@ -112,8 +112,8 @@ async fn a_hold_keeps_the_route_from_the_upstream_and_releases_it_with_one_probe
     let log = log.lock().unwrap();
     assert_eq!(
         log.arrivals.len(),
-        7,
-        "one 429, then the six requests once each"
+        32,
+        "one 429, then the 31 requests once each"
     );
     let window_end = started + Duration::from_secs(2);
     assert!(
@@ -126,6 +126,16 @@ async fn a_hold_keeps_the_route_from_the_upstream_and_releases_it_with_one_probe
         log.arrivals[2..].iter().all(|at| *at >= probe_answered),
         "requests went along with the probe"
     );
+    // Then a slow start, not the whole queue at once: two for the probe's success, then
+    // two more for each success.
+    let wave = |from: Instant| {
+        log.arrivals
+            .iter()
+            .filter(|at| **at >= from && **at < from + Duration::from_millis(50))
+            .count()
+    };
+    assert_eq!(wave(probe_answered), 2, "{:?}", log.arrivals);
+    assert!(wave(probe_answered + Duration::from_millis(100)) <= 4);
 }
 
 #[tokio::test(start_paused = true)]

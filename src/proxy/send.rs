@@ -94,6 +94,9 @@ pub async fn send_with_retry(
     let policy = &route.config.retry;
     route.retry_budget.record_request();
     let mut attempts = 0u32;
+    // Attempts a hold answered: waiting out a declared window is not a failure, so they
+    // do not use up max_attempts (the request's deadline bounds them instead).
+    let mut held_attempts = 0u32;
     let mut credential_replayed = false;
     loop {
         attempts += 1;
@@ -196,7 +199,7 @@ pub async fn send_with_retry(
             policy,
             template.method(),
             outcome,
-            attempts,
+            attempts - held_attempts,
             body.replayable(),
         ) {
             // The hold now keeps every request of the route waiting, this one included:
@@ -212,6 +215,7 @@ pub async fn send_with_retry(
                     "throttled: waiting out the route's hold, then retrying"
                 );
                 telemetry.record_retry(&route.name, reason);
+                held_attempts += 1;
                 drop(result);
             }
             Decision::Retry { wait, reason } if route.retry_budget.try_retry() => {

@@ -4,8 +4,8 @@
 //! azgate's principal's: while it holds, no request of the route goes upstream. A request
 //! whose deadline allows the wait joins a bounded queue; any other is answered at once with
 //! 429 `throttled` and `Retry-After` set to the whole seconds left. When the hold ends one
-//! probe request goes first; the queue follows if it succeeds, and waits again if the probe
-//! is throttled too. A client that disconnects leaves the queue (its future is dropped).
+//! probe request goes first; if it succeeds the queue drains in a slow start (two more for
+//! each success, open again at 64 at once), and waits again if anything is throttled. A client that disconnects leaves the queue (its future is dropped).
 //! With `rate`, requests are also paced by a token bucket, to stay under a known quota.
 
 use std::sync::Arc;
@@ -31,7 +31,13 @@ enum Phase {
     /// The hold ended; one request is finding out whether the upstream takes requests
     /// again. The others wait for its answer.
     Probing,
+    /// The probe succeeded: the queue drains in a slow start, `budget` requests may go now
+    /// and each success lets two more go, until the route is open again.
+    Ramp { budget: u32 },
 }
+
+/// The slow start after a hold ends open once this many requests may go at once.
+const RAMP_OPEN: u32 = 64;
 
 /// One route's hold state.
 #[derive(Debug)]
@@ -87,10 +93,22 @@ fn kind_of_header(name: &str) -> Option<usize> {
 pub struct Pass<'a> {
     throttle: Option<&'a Throttle>,
     probe: bool,
+    /// Sent during the slow start: its answer widens it.
+    ramp: bool,
 }
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
+        // A slow-start slot not used (the client went away) goes back.
+        if let Some(throttle) = self.throttle.filter(|_| self.ramp) {
+            throttle.phase.send_if_modified(|phase| match phase {
+                Phase::Ramp { budget } => {
+                    *budget += 1;
+                    true
+                }
+                _ => false,
+            });
+        }
         if let Some(throttle) = self.throttle.filter(|_| self.probe) {
             throttle.phase.send_if_modified(|phase| {
                 let stuck = *phase == Phase::Probing;
@@ -240,7 +258,7 @@ impl Throttle {
         match *self.phase.borrow() {
             Phase::Holding { until } => Some(until.saturating_duration_since(Instant::now())),
             Phase::Probing => Some(Duration::ZERO),
-            Phase::Open => None,
+            Phase::Open | Phase::Ramp { .. } => None,
         }
     }
 
@@ -255,6 +273,7 @@ impl Throttle {
             return Ok(Pass {
                 throttle: None,
                 probe: false,
+                ramp: false,
             });
         }
         let mut seen = self.phase.subscribe();
@@ -267,7 +286,25 @@ impl Throttle {
                     return Ok(Pass {
                         throttle: Some(self),
                         probe: false,
+                        ramp: false,
                     });
+                }
+                Phase::Ramp { budget } if budget > 0 => {
+                    let took = self.phase.send_if_modified(|p| {
+                        let same = *p == phase;
+                        if same {
+                            *p = Phase::Ramp { budget: budget - 1 };
+                        }
+                        same
+                    });
+                    if took {
+                        return Ok(Pass {
+                            throttle: Some(self),
+                            probe: false,
+                            ramp: true,
+                        });
+                    }
+                    continue;
                 }
                 Phase::Holding { until } if now >= until => {
                     // The first request after the hold probes; the rest see Probing.
@@ -282,13 +319,15 @@ impl Throttle {
                         return Ok(Pass {
                             throttle: Some(self),
                             probe: true,
+                            ramp: false,
                         });
                     }
                     continue;
                 }
                 Phase::Holding { until } => Some(until),
-                // The probe's answer is due within one attempt: the deadline bounds it.
-                Phase::Probing => None,
+                // The probe's (or the slow start's) answers are due within one attempt:
+                // the deadline bounds the wait.
+                Phase::Probing | Phase::Ramp { .. } => None,
             };
             if waiting.is_none() {
                 let over_deadline = until.is_some_and(|until| until > deadline);
@@ -343,17 +382,20 @@ impl Throttle {
             return;
         }
         let probe = std::mem::replace(&mut pass.probe, false);
+        let ramp = std::mem::replace(&mut pass.ramp, false);
         match throttled_for {
             Some(wait) => {
-                let until = Instant::now() + wait.max(Duration::ZERO);
-                let opened = self.phase.send_if_modified(|phase| match *phase {
+                let until = Instant::now() + wait;
+                let mut opened = false;
+                self.phase.send_if_modified(|phase| match *phase {
                     Phase::Holding { until: current } if current >= until => false,
                     Phase::Holding { .. } => {
                         *phase = Phase::Holding { until };
                         true
                     }
-                    Phase::Open | Phase::Probing => {
+                    Phase::Open | Phase::Probing | Phase::Ramp { .. } => {
                         *phase = Phase::Holding { until };
+                        opened = true;
                         true
                     }
                 });
@@ -367,7 +409,19 @@ impl Throttle {
                 }
             }
             None if probe => {
-                self.phase.send_replace(Phase::Open);
+                self.phase.send_replace(Phase::Ramp { budget: 2 });
+            }
+            None if ramp => {
+                self.phase.send_if_modified(|phase| match phase {
+                    Phase::Ramp { budget } => {
+                        *budget += 2;
+                        if *budget >= RAMP_OPEN {
+                            *phase = Phase::Open;
+                        }
+                        true
+                    }
+                    _ => false,
+                });
             }
             None => {}
         }
