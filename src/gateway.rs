@@ -64,7 +64,14 @@ impl Gateway {
                     .credential
                     .as_deref()
                     .and_then(|name| credentials.get(name).cloned());
-                Route::new(route.clone(), credential, client)
+                let mut built = Route::new(route.clone(), credential, client);
+                // A hold in progress survives a reload that leaves its route alone.
+                if let Some(old) = previous
+                    .and_then(|p| p.router.routes().find(|r| r.config.prefix == route.prefix))
+                {
+                    built.keep_throttle_of(old);
+                }
+                built
             })
             .collect();
         let vending = config

@@ -434,3 +434,56 @@ async fn reads_are_spread_out_when_the_read_quota_runs_low() {
         "the write waited"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_survives_a_reload_that_leaves_its_route_alone() {
+    let (server, log) = upstream(|n| {
+        if n == 0 {
+            (429, Some("60"))
+        } else {
+            (200, None)
+        }
+    })
+    .await;
+    let body = format!(
+        r#"
+        [credentials.apim]
+        type = "subscription_key"
+        key = "apim-key-0123456789"
+        [[routes]]
+        prefix = "/r"
+        upstream = "{}"
+        credential = "apim"
+        "#,
+        server.url
+    );
+    let gw = Azgate::start(&body).await;
+    let url = gw.url.clone();
+    assert_eq!(get(format!("{url}/r/a")).await.0, 429);
+    let server_handle = gw.into_server();
+    let parse = |text: &str| {
+        azgate::config::parse(
+            &support::config_text(text),
+            "t.toml",
+            std::path::Path::new("."),
+            &|_| None,
+        )
+        .unwrap()
+    };
+    // Another route added: /r is unchanged and still held.
+    let more = format!(
+        "{body}\n[[routes]]\nprefix = \"/other\"\nupstream = \"{}\"\n",
+        server.url
+    );
+    server_handle.apply(parse(&more)).unwrap();
+    assert_eq!(get(format!("{url}/r/b")).await.2, "throttled");
+    assert_eq!(log.lock().unwrap().arrivals.len(), 1);
+    // Its throttle settings changed: a new route, open.
+    let reconfigured = body.replace(
+        "credential = \"apim\"\n",
+        "credential = \"apim\"\n        [routes.throttle]\n        max_queue = 5\n",
+    );
+    server_handle.apply(parse(&reconfigured)).unwrap();
+    assert_eq!(get(format!("{url}/r/c")).await.0, 200);
+    server_handle.shutdown();
+}

@@ -37,8 +37,10 @@ pub struct Route {
     /// Requests returned without retry because the budget was spent: logged at most every
     /// 10 s, with the count held back.
     pub budget_warnings: LogLimiter,
-    /// The route's hold window after the upstream's 429s (`[routes.throttle]`).
-    pub throttle: Throttle,
+    /// The route's hold window after the upstream's 429s (`[routes.throttle]`); shared with
+    /// the next gateway when a reload leaves the route's prefix and throttle unchanged, so
+    /// a hold in progress survives the reload.
+    pub throttle: Arc<Throttle>,
 }
 
 impl Route {
@@ -65,7 +67,7 @@ impl Route {
             .to_string();
         let name: Arc<str> = Arc::from(config.prefix.as_str());
         Self {
-            throttle: Throttle::new(config.throttle.clone(), name.clone()),
+            throttle: Arc::new(Throttle::new(config.throttle.clone(), name.clone())),
             name,
             config,
             credential,
@@ -81,6 +83,15 @@ impl Route {
 
     pub fn prefix(&self) -> &str {
         &self.config.prefix
+    }
+
+    /// Takes over `previous`'s hold state when it throttled the same way (a reload).
+    pub fn keep_throttle_of(&mut self, previous: &Route) {
+        if previous.config.prefix == self.config.prefix
+            && previous.config.throttle == self.config.throttle
+        {
+            self.throttle = previous.throttle.clone();
+        }
     }
 
     /// The video or project a request is about, when the route injects tokens scoped to
