@@ -39,7 +39,7 @@ pub use error::{ConfigError, Problem};
 pub use load::{ConfigSource, parse};
 pub use server::{exposed_admin, exposed_proxy};
 pub use single::{CredentialSubset, parse_credential};
-pub use throttle::ThrottleConfig;
+pub use throttle::{Pace, ThrottleConfig};
 pub use units::{parse_duration, parse_size};
 pub use vend::VendRouteConfig;
 

@@ -110,12 +110,9 @@ pub async fn send_with_retry(
             Ok(pass) => pass,
             Err(err) => return finish(Err(err), attempts, started, authorization),
         };
-        if let Err(err) = route.throttle.pace(wait_limit, telemetry).await {
-            return finish(Err(err), attempts, started, authorization);
-        }
         if let Err(err) = route
             .throttle
-            .spread(template.method(), wait_limit, telemetry)
+            .pace(template.method(), wait_limit, telemetry)
             .await
         {
             return finish(Err(err), attempts, started, authorization);
@@ -267,16 +264,23 @@ const QUOTA_HEADERS: [&str; 9] = [
     "x-ms-ratelimit-remaining-subscription-global-deletes",
 ];
 
-/// Each quota header of a response becomes `azgate_upstream_ratelimit_remaining`.
+/// Each quota header of a response becomes `azgate_upstream_ratelimit_remaining` and feeds
+/// the route's pace. One pass over the headers, most of which are not quota headers.
 fn record_quota(route: &Route, headers: &http::HeaderMap, telemetry: &Telemetry) {
-    for name in QUOTA_HEADERS {
-        if let Some(left) = headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
+    for (name, value) in headers {
+        if !name.as_str().starts_with("x-ms-ratelimit-remaining-") {
+            continue;
+        }
+        let Some(known) = QUOTA_HEADERS.iter().find(|q| **q == name.as_str()) else {
+            continue;
+        };
+        if let Some(left) = value
+            .to_str()
+            .ok()
             .and_then(|v| v.trim().parse::<i64>().ok())
         {
-            telemetry.record_ratelimit_remaining(&route.name, name, left);
-            route.throttle.note_quota(name, left);
+            telemetry.record_ratelimit_remaining(&route.name, known, left);
+            route.throttle.note_quota(known, left);
         }
     }
 }

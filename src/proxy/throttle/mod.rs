@@ -17,7 +17,10 @@ use tokio::time::Instant;
 
 use super::error::ProxyError;
 use crate::config::ThrottleConfig;
+
+mod pace;
 use crate::telemetry::Telemetry;
+use pace::Pacing;
 
 /// The wait assumed for a 429 that announces none.
 const UNANNOUNCED_HOLD: Duration = Duration::from_secs(1);
@@ -46,45 +49,8 @@ pub struct Throttle {
     route: Arc<str>,
     phase: watch::Sender<Phase>,
     queued: AtomicUsize,
-    /// The token bucket of `rate`/`burst`: tokens left (negative: reserved by waiters) and
-    /// when it was last refilled.
-    bucket: std::sync::Mutex<(f64, Instant)>,
-    /// What the upstream's quota headers said, to spread requests out when it runs low.
-    quota: std::sync::Mutex<Quota>,
-}
-
-/// ARM's per-principal refill rates (reads, writes, deletes per second): below
-/// `min_remaining`, requests of a kind are spread out at this pace, so the quota refills
-/// as fast as it is spent instead of reaching zero.
-const REFILL: [f64; 3] = [25.0, 10.0, 10.0];
-
-/// Per quota header: the largest value seen and the last; per kind, a pacing bucket.
-#[derive(Debug, Default)]
-struct Quota {
-    headers: Vec<(&'static str, i64, i64)>,
-    next_slot: [Option<Instant>; 3],
-}
-
-/// Reads (GET, HEAD), writes (PUT, POST, PATCH) or deletes, as ARM counts them.
-fn kind_of_method(method: &http::Method) -> Option<usize> {
-    match *method {
-        http::Method::GET | http::Method::HEAD => Some(0),
-        http::Method::PUT | http::Method::POST | http::Method::PATCH => Some(1),
-        http::Method::DELETE => Some(2),
-        _ => None,
-    }
-}
-
-fn kind_of_header(name: &str) -> Option<usize> {
-    if name.ends_with("-reads") {
-        Some(0)
-    } else if name.ends_with("-writes") {
-        Some(1)
-    } else if name.ends_with("-deletes") {
-        Some(2)
-    } else {
-        None
-    }
+    /// `rate`/`burst` pacing and the spreading of requests by quota headers (`pace.rs`).
+    pace: Pacing,
 }
 
 /// Leave to send one attempt. The probe's pass resolves the probe when it is observed;
@@ -136,112 +102,46 @@ impl Throttle {
     pub fn new(config: ThrottleConfig, route: Arc<str>) -> Self {
         Self {
             route,
-            bucket: std::sync::Mutex::new((
-                config.rate.map_or(0.0, |pace| f64::from(pace.burst)),
-                Instant::now(),
-            )),
+            pace: Pacing::new(config.rate),
             phase: watch::Sender::new(Phase::Open),
             queued: AtomicUsize::new(0),
-            quota: std::sync::Mutex::default(),
             config,
         }
     }
 
     /// Notes what an `x-ms-ratelimit-remaining-*` header said is left.
     pub fn note_quota(&self, header: &'static str, left: i64) {
-        let mut quota = self.quota.lock().unwrap_or_else(|p| p.into_inner());
-        match quota
-            .headers
-            .iter_mut()
-            .find(|(name, _, _)| *name == header)
-        {
-            Some(entry) => {
-                entry.1 = entry.1.max(left);
-                entry.2 = left;
-            }
-            None => quota.headers.push((header, left, left)),
-        }
+        self.pace.note_quota(header, left);
     }
 
-    /// Spreads out a request of a kind whose quota runs low (below `min_remaining`, else 5%
-    /// of the largest value seen): one request per refill interval of that kind, in the
-    /// order they came; a wait past `deadline` is 429 `throttled`.
-    pub async fn spread(
+    /// Waits for the route's pace: a token of `rate` when it has one, and a slot of the
+    /// request's kind while a quota header shows that kind running low. A wait past
+    /// `deadline` is 429 `throttled`.
+    pub async fn pace(
         &self,
         method: &http::Method,
         deadline: Instant,
         telemetry: &Telemetry,
     ) -> Result<(), ProxyError> {
-        let Some(kind) = kind_of_method(method) else {
-            return Ok(());
-        };
-        let wait = {
-            let mut quota = self.quota.lock().unwrap_or_else(|p| p.into_inner());
-            let floor = self.config.min_remaining;
-            let low = quota.headers.iter().any(|(name, max, last)| {
-                let threshold = floor.map_or(*max as f64 * 0.05, |f| f as f64);
-                kind_of_header(name) == Some(kind) && (*last as f64) < threshold
-            });
-            if !low {
-                quota.next_slot[kind] = None;
-                return Ok(());
-            }
-            let now = Instant::now();
-            let slot = quota.next_slot[kind].map_or(now, |at| at.max(now));
-            if slot > deadline {
-                drop(quota);
-                telemetry.record_throttled(&self.route, "rejected");
-                return Err(ProxyError::Throttled {
-                    route: self.route.to_string(),
-                    retry_after: slot - now,
-                    queue_full: true,
-                });
-            }
-            quota.next_slot[kind] = Some(slot + Duration::from_secs_f64(1.0 / REFILL[kind]));
-            slot - now
-        };
+        let now = Instant::now();
+        let wait = self
+            .pace
+            .reserve(method, self.config.min_remaining, now, deadline)
+            .map_err(|wait| self.refused(wait, true, telemetry))?;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
         Ok(())
     }
 
-    /// Paces the route at its `rate`: takes a token, waiting for one if the bucket is
-    /// empty, unless the wait would pass `deadline` (then 429 `throttled`). Waiters
-    /// reserve their token first, so they go in the order they came.
-    pub async fn pace(&self, deadline: Instant, telemetry: &Telemetry) -> Result<(), ProxyError> {
-        let Some(pace) = self.config.rate else {
-            return Ok(());
-        };
-        let wait = {
-            let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let (tokens, last) = *bucket;
-            let refilled = (tokens + now.duration_since(last).as_secs_f64() * pace.per_second)
-                .min(f64::from(pace.burst));
-            let after = refilled - 1.0;
-            let wait = if after >= 0.0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs_f64(-after / pace.per_second)
-            };
-            if now + wait > deadline {
-                *bucket = (refilled, now);
-                drop(bucket);
-                telemetry.record_throttled(&self.route, "rejected");
-                return Err(ProxyError::Throttled {
-                    route: self.route.to_string(),
-                    retry_after: wait,
-                    queue_full: true,
-                });
-            }
-            *bucket = (after, now);
-            wait
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+    /// 429 `throttled` for a request that cannot wait `wait`, counted.
+    fn refused(&self, wait: Duration, queue_full: bool, telemetry: &Telemetry) -> ProxyError {
+        telemetry.record_throttled(&self.route, "rejected");
+        ProxyError::Throttled {
+            route: self.route.to_string(),
+            retry_after: wait,
+            queue_full,
         }
-        Ok(())
     }
 
     pub fn holds(&self) -> bool {
@@ -333,13 +233,8 @@ impl Throttle {
                 let over_deadline = until.is_some_and(|until| until > deadline);
                 let full = self.queued.load(Ordering::Acquire) >= self.config.max_queue;
                 if over_deadline || full {
-                    telemetry.record_throttled(&self.route, "rejected");
                     let left = until.map_or(Duration::from_secs(1), |u| u - now);
-                    return Err(ProxyError::Throttled {
-                        route: self.route.to_string(),
-                        retry_after: left,
-                        queue_full: full && !over_deadline,
-                    });
+                    return Err(self.refused(left, full && !over_deadline, telemetry));
                 }
                 self.queued.fetch_add(1, Ordering::AcqRel);
                 waiting = Some(Waiting(self));
@@ -348,22 +243,13 @@ impl Throttle {
             tokio::select! {
                 changed = seen.changed() => {
                     if changed.is_err() {
-                        return Err(ProxyError::Throttled {
-                            route: self.route.to_string(),
-                            retry_after: Duration::from_secs(1),
-                            queue_full: false,
-                        });
+                        return Err(self.refused(Duration::from_secs(1), false, telemetry));
                     }
                 }
                 () = tokio::time::sleep_until(until.unwrap_or(deadline)) => {
                     if until.is_none() {
                         // Still probing at the deadline.
-                        telemetry.record_throttled(&self.route, "rejected");
-                        return Err(ProxyError::Throttled {
-                            route: self.route.to_string(),
-                            retry_after: Duration::from_secs(1),
-                            queue_full: false,
-                        });
+                        return Err(self.refused(Duration::from_secs(1), false, telemetry));
                     }
                 }
             }
