@@ -14,30 +14,13 @@ use azgate::env::Env;
 use serde_json::json;
 use support::entra::MockEntra;
 use support::video_indexer::{
-    MockVideoIndexer, arm_error, jwt, now_secs, raw, throttled, token_string, vi_error,
+    ACCOUNT, KEY, MockVideoIndexer, arm_credentials, arm_error, classic_credential, jwt, now_secs,
+    raw, throttled, token_string, vi_error,
 };
 use support::{Azgate, client, config_text, json, seen};
 
-const KEY: &str = "vi-subscription-key-SECRET-0123456789";
-const ACCOUNT: &str = "00000000-0000-0000-0000-00000000abcd";
-
 fn env() -> HashMap<&'static str, &'static str> {
     HashMap::from([("VI_KEY", KEY), ("ARM_SECRET", "entra-client-secret")])
-}
-
-/// A classic credential `name` fetching from `api_url`, plus `extra` lines.
-fn classic(name: &str, api_url: &str, extra: &str) -> String {
-    format!(
-        r#"
-        [credentials.{name}]
-        type = "video_indexer"
-        location = "trial"
-        account_id = "{ACCOUNT}"
-        subscription_key = "${{VI_KEY}}"
-        api_url = "{api_url}"
-        {extra}
-        "#
-    )
 }
 
 fn route(upstream: &str, credential: &str) -> String {
@@ -81,7 +64,7 @@ fn expires_in(set: &CredentialSet, name: &str) -> Duration {
 #[tokio::test]
 async fn classic_token_replaces_the_clients_access_token_in_the_query() {
     let vi = MockVideoIndexer::start().await;
-    let gw = start_gateway(&(classic("vi", &vi.url, "") + &route(&vi.url, "vi"))).await;
+    let gw = start_gateway(&(classic_credential("vi", &vi.url, "") + &route(&vi.url, "vi"))).await;
     let c = client();
     let url = format!(
         "{}/vi/trial/Accounts/{ACCOUNT}/Videos?name=x&accessToken=client-token",
@@ -113,7 +96,7 @@ async fn classic_token_replaces_the_clients_access_token_in_the_query() {
 #[tokio::test]
 async fn allow_edit_asks_for_a_writable_token() {
     let vi = MockVideoIndexer::start().await;
-    let set = credentials(&classic("vi", &vi.url, "allow_edit = true"));
+    let set = credentials(&classic_credential("vi", &vi.url, "allow_edit = true"));
     let token = set.get("vi").unwrap().reveal().await.unwrap();
     assert_eq!(token, "vi-token-1");
     assert_eq!(vi.calls()[0].query.as_deref(), Some("allowEdit=true"));
@@ -144,7 +127,7 @@ async fn auth_path_segments_are_percent_encoded() {
 #[tokio::test]
 async fn header_injection_sends_a_bearer_and_no_query_token() {
     let vi = MockVideoIndexer::start().await;
-    let body = classic("vi", &vi.url, "inject = \"header\"") + &route(&vi.url, "vi");
+    let body = classic_credential("vi", &vi.url, "inject = \"header\"") + &route(&vi.url, "vi");
     let gw = start_gateway(&body).await;
     let url = format!(
         "{}/vi/trial/Accounts/{ACCOUNT}/Videos?name=x&accessToken=client-token",
@@ -167,7 +150,7 @@ async fn jwt_exp_sets_the_expiry() {
     let token = jwt(json!({"aud": "https://api.videoindexer.ai/", "exp": now_secs() + 600}));
     let answer = token.clone();
     vi.respond_with(move |_, _| token_string(&answer));
-    let set = credentials(&classic("vi", &vi.url, ""));
+    let set = credentials(&classic_credential("vi", &vi.url, ""));
     assert_eq!(set.get("vi").unwrap().reveal().await.unwrap(), token);
     let left = expires_in(&set, "vi").as_secs();
     assert!((590..=600).contains(&left), "{left}");
@@ -176,7 +159,7 @@ async fn jwt_exp_sets_the_expiry() {
 #[tokio::test]
 async fn a_token_that_is_not_a_jwt_lives_an_hour() {
     let vi = MockVideoIndexer::start().await;
-    let set = credentials(&classic("vi", &vi.url, ""));
+    let set = credentials(&classic_credential("vi", &vi.url, ""));
     set.get("vi").unwrap().reveal().await.unwrap();
     let left = expires_in(&set, "vi").as_secs();
     assert!((3590..=3600).contains(&left), "{left}");
@@ -192,7 +175,7 @@ async fn user_not_allowed_is_a_credential_error_naming_it() {
             "User has no permission on account\r\nTrace id: 42",
         )
     });
-    let gw = start_gateway(&(classic("vi", &vi.url, "") + &route(&vi.url, "vi"))).await;
+    let gw = start_gateway(&(classic_credential("vi", &vi.url, "") + &route(&vi.url, "vi"))).await;
     let url = format!("{}/vi/trial/Accounts/{ACCOUNT}/Videos", gw.url);
     let response = client().get(url).send().await.unwrap();
     assert_eq!(response.status(), 502);
@@ -250,7 +233,7 @@ async fn other_video_indexer_errors_are_named() {
         let vi = MockVideoIndexer::start().await;
         let response = std::sync::Mutex::new(Some(response));
         vi.respond_with(move |_, _| response.lock().unwrap().take().unwrap());
-        let set = credentials(&classic("vi", &vi.url, ""));
+        let set = credentials(&classic_credential("vi", &vi.url, ""));
         let reason = failure(&set, "vi").await;
         assert!(reason.starts_with(want), "{reason}");
     }
@@ -296,7 +279,7 @@ async fn unusable_success_bodies_are_named() {
         let vi = MockVideoIndexer::start().await;
         let response = std::sync::Mutex::new(Some(response));
         vi.respond_with(move |_, _| response.lock().unwrap().take().unwrap());
-        let set = credentials(&classic("vi", &vi.url, ""));
+        let set = credentials(&classic_credential("vi", &vi.url, ""));
         assert_eq!(failure(&set, "vi").await, want);
     }
 }
@@ -351,7 +334,7 @@ async fn throttling_is_honoured_for_the_whole_retry_after() {
 
 #[tokio::test]
 async fn description_names_the_account_but_not_the_key() {
-    let set = credentials(&classic("vi", "https://vi.example.test", ""));
+    let set = credentials(&classic_credential("vi", "https://vi.example.test", ""));
     let describe = set.get("vi").unwrap().cache().unwrap().describe();
     assert_eq!(
         describe,
@@ -362,37 +345,12 @@ async fn description_names_the_account_but_not_the_key() {
 // ARM-based accounts. The ARM token comes from a `client_secret` credential in front of
 // a mock Entra ID.
 
-fn arm_accounts(entra: &str, management: &str, extra: &str) -> String {
-    format!(
-        r#"
-        [credentials.arm]
-        type = "client_secret"
-        tenant = "tenant"
-        client_id = "11111111-2222-3333-4444-555555555555"
-        client_secret = "${{ARM_SECRET}}"
-        scope = "https://management.azure.com/.default"
-        token_url = "{entra}/tenant/oauth2/v2.0/token"
-
-        [credentials.vi]
-        type = "video_indexer"
-        location = "westeurope"
-        account_id = "{ACCOUNT}"
-        arm = "arm"
-        subscription_id = "sub-1"
-        resource_group = "rg-1"
-        account_name = "myvi"
-        management_url = "{management}"
-        {extra}
-        "#
-    )
-}
-
 #[tokio::test]
 async fn arm_account_token_comes_from_generate_access_token() {
     let entra = MockEntra::start().await;
     let arm = MockVideoIndexer::start().await;
     let data = MockVideoIndexer::start().await;
-    let body = arm_accounts(&entra.url, &arm.url, "") + &route(&data.url, "vi");
+    let body = arm_credentials(&entra.url, &arm.url, "") + &route(&data.url, "vi");
     let gw = start_gateway(&body).await;
     let url = format!(
         "{}/vi/westeurope/Accounts/{ACCOUNT}/Videos?name=x&accessToken=client-token",
@@ -433,7 +391,7 @@ async fn arm_account_token_comes_from_generate_access_token() {
 async fn arm_contributor_permission_is_asked_for() {
     let entra = MockEntra::start().await;
     let arm = MockVideoIndexer::start().await;
-    let set = credentials(&arm_accounts(
+    let set = credentials(&arm_credentials(
         &entra.url,
         &arm.url,
         "permission = \"Contributor\"",
@@ -460,7 +418,7 @@ async fn arm_jwt_exp_sets_the_expiry() {
     let token = jwt(json!({"exp": now_secs() + 900}));
     let answer = token.clone();
     arm.respond_with(move |_, _| support::video_indexer::arm_token(&answer));
-    let set = credentials(&arm_accounts(&entra.url, &arm.url, ""));
+    let set = credentials(&arm_credentials(&entra.url, &arm.url, ""));
     assert_eq!(set.get("vi").unwrap().reveal().await.unwrap(), token);
     let left = expires_in(&set, "vi").as_secs();
     assert!((890..=900).contains(&left), "{left}");
@@ -477,7 +435,7 @@ async fn arm_authorization_failed_is_named() {
             "The client '11111111-2222-3333-4444-555555555555' with object id 'abc' does not have authorization to perform action 'Microsoft.VideoIndexer/accounts/generateAccessToken/action' over scope '/subscriptions/sub-1'.",
         )
     });
-    let set = credentials(&arm_accounts(&entra.url, &arm.url, ""));
+    let set = credentials(&arm_credentials(&entra.url, &arm.url, ""));
     let reason = failure(&set, "vi").await;
     assert!(
         reason.starts_with("ARM generateAccessToken answered 403: AuthorizationFailed: The client '11111111-2222-3333-4444-555555555555'"),
@@ -491,7 +449,7 @@ async fn arm_answer_without_access_token_is_named() {
     let entra = MockEntra::start().await;
     let arm = MockVideoIndexer::start().await;
     arm.respond_with(|_, _| raw(200, "application/json", r#"{"token":"x"}"#));
-    let set = credentials(&arm_accounts(&entra.url, &arm.url, ""));
+    let set = credentials(&arm_credentials(&entra.url, &arm.url, ""));
     assert_eq!(
         failure(&set, "vi").await,
         "ARM generateAccessToken answered 200 with a JSON object with keys token and no accessToken"
@@ -503,7 +461,7 @@ async fn arm_credential_failure_is_named() {
     let entra = MockEntra::start().await;
     entra.refuse_client_secret();
     let arm = MockVideoIndexer::start().await;
-    let set = credentials(&arm_accounts(&entra.url, &arm.url, ""));
+    let set = credentials(&arm_credentials(&entra.url, &arm.url, ""));
     let reason = failure(&set, "vi").await;
     assert!(
         reason.starts_with("the ARM credential \"arm\" failed: "),

@@ -16,13 +16,12 @@ use support::entra::{MockEntra, v2_token};
 use support::logs::LogCapture;
 use support::metrics::{get, samples};
 use support::video_indexer::{
-    MockVideoIndexer, arm_error, arm_token, jwt, now_secs, token_string, vi_error,
+    ACCOUNT, KEY, MockVideoIndexer, arm_credentials, arm_error, arm_token, classic_credential, jwt,
+    now_secs, token_string, vi_error,
 };
 use support::{Azgate, client, config_text, h2c_client};
 
-const KEY: &str = "vi-subscription-key-SECRET-0123456789";
 const ARM_SECRET: &str = "entra-client-secret-SECRET";
-const ACCOUNT: &str = "00000000-0000-0000-0000-00000000abcd";
 
 fn env() -> HashMap<&'static str, &'static str> {
     HashMap::from([("VI_KEY", KEY), ("ARM_SECRET", ARM_SECRET)])
@@ -31,50 +30,16 @@ fn env() -> HashMap<&'static str, &'static str> {
 /// An ARM-based Video Indexer account (Contributor: vending must still hand out viewer
 /// tokens only) and a vending route on it with `route` extra lines.
 fn arm_account(entra: &str, management: &str, route: &str) -> String {
-    format!(
-        r#"
-        [credentials.arm]
-        type = "client_secret"
-        tenant = "tenant"
-        client_id = "11111111-2222-3333-4444-555555555555"
-        client_secret = "${{ARM_SECRET}}"
-        scope = "https://management.azure.com/.default"
-        token_url = "{entra}/tenant/oauth2/v2.0/token"
-        [credentials.vi]
-        type = "video_indexer"
-        location = "westeurope"
-        account_id = "{ACCOUNT}"
-        arm = "arm"
-        subscription_id = "sub-1"
-        resource_group = "rg-1"
-        account_name = "myvi"
-        permission = "Contributor"
-        management_url = "{management}"
-        [[routes]]
-        prefix = "/vi-tokens"
-        vend = "vi"
-        {route}
-        "#
-    )
+    arm_credentials(entra, management, "permission = \"Contributor\"") + &vending_route(route)
 }
 
 /// A classic account with edit rights, and a vending route on it.
 fn classic_account(vi: &str, route: &str) -> String {
-    format!(
-        r#"
-        [credentials.vi]
-        type = "video_indexer"
-        location = "trial"
-        account_id = "{ACCOUNT}"
-        subscription_key = "${{VI_KEY}}"
-        allow_edit = true
-        api_url = "{vi}"
-        [[routes]]
-        prefix = "/vi-tokens"
-        vend = "vi"
-        {route}
-        "#
-    )
+    classic_credential("vi", vi, "allow_edit = true") + &vending_route(route)
+}
+
+fn vending_route(extra: &str) -> String {
+    format!("[[routes]]\nprefix = \"/vi-tokens\"\nvend = \"vi\"\n{extra}\n")
 }
 
 async fn start(body: &str) -> Azgate {

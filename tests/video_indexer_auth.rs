@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::entra::MockEntra;
-use support::video_indexer::{MockVideoIndexer, jwt, now_secs, token_string, vi_error};
+use support::video_indexer::{
+    ACCOUNT, KEY, MockVideoIndexer, arm_credentials, classic_credential, jwt, now_secs,
+    token_string, vi_error,
+};
 use support::{Azgate, client, config_text};
-
-const KEY: &str = "vi-subscription-key-SECRET-0123456789";
-const ACCOUNT: &str = "00000000-0000-0000-0000-00000000abcd";
 
 fn env() -> HashMap<&'static str, &'static str> {
     HashMap::from([("VI_KEY", KEY), ("ARM_SECRET", "entra-client-secret")])
@@ -25,50 +25,17 @@ fn env() -> HashMap<&'static str, &'static str> {
 
 /// A classic credential on `vi`, a `/vi` route to it, and `extra` credential lines.
 fn classic(vi: &str, extra: &str) -> String {
-    format!(
-        r#"
-        [credentials.vi]
-        type = "video_indexer"
-        location = "trial"
-        account_id = "{ACCOUNT}"
-        subscription_key = "${{VI_KEY}}"
-        api_url = "{vi}"
-        {extra}
-        [[routes]]
-        prefix = "/vi"
-        upstream = "{vi}"
-        credential = "vi"
-        "#
-    )
+    classic_credential("vi", vi, extra) + &vi_route(vi)
 }
 
 /// An ARM-based credential buying tokens from `management` with an ARM token from `entra`.
 fn arm_based(entra: &str, management: &str, permission: &str) -> String {
-    format!(
-        r#"
-        [credentials.arm]
-        type = "client_secret"
-        tenant = "tenant"
-        client_id = "11111111-2222-3333-4444-555555555555"
-        client_secret = "${{ARM_SECRET}}"
-        scope = "https://management.azure.com/.default"
-        token_url = "{entra}/tenant/oauth2/v2.0/token"
-        [credentials.vi]
-        type = "video_indexer"
-        location = "westeurope"
-        account_id = "{ACCOUNT}"
-        arm = "arm"
-        subscription_id = "sub-1"
-        resource_group = "rg-1"
-        account_name = "myvi"
-        permission = "{permission}"
-        management_url = "{management}"
-        [[routes]]
-        prefix = "/vi"
-        upstream = "{management}"
-        credential = "vi"
-        "#
-    )
+    arm_credentials(entra, management, &format!("permission = \"{permission}\""))
+        + &vi_route(management)
+}
+
+fn vi_route(upstream: &str) -> String {
+    format!("[[routes]]\nprefix = \"/vi\"\nupstream = \"{upstream}\"\ncredential = \"vi\"\n")
 }
 
 async fn start(body: &str) -> Azgate {

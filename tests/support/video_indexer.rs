@@ -255,3 +255,51 @@ pub fn now_secs() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// The Video Indexer account the tests' credentials name.
+pub const ACCOUNT: &str = "00000000-0000-0000-0000-00000000abcd";
+/// The classic subscription key tests pass as `VI_KEY`.
+pub const KEY: &str = "vi-subscription-key-SECRET-0123456789";
+
+/// A classic credential `name` fetching from `api_url` with `${VI_KEY}`, plus `extra` lines.
+pub fn classic_credential(name: &str, api_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+        [credentials.{name}]
+        type = "video_indexer"
+        location = "trial"
+        account_id = "{ACCOUNT}"
+        subscription_key = "${{VI_KEY}}"
+        api_url = "{api_url}"
+        {extra}
+        "#
+    )
+}
+
+/// An ARM-based account: `[credentials.arm]` (a `client_secret` on `entra`, secret
+/// `${ARM_SECRET}`) and `[credentials.vi]` buying its tokens from `management`, plus
+/// `extra` lines in `[credentials.vi]`.
+pub fn arm_credentials(entra: &str, management: &str, extra: &str) -> String {
+    format!(
+        r#"
+        [credentials.arm]
+        type = "client_secret"
+        tenant = "tenant"
+        client_id = "11111111-2222-3333-4444-555555555555"
+        client_secret = "${{ARM_SECRET}}"
+        scope = "https://management.azure.com/.default"
+        token_url = "{entra}/tenant/oauth2/v2.0/token"
+
+        [credentials.vi]
+        type = "video_indexer"
+        location = "westeurope"
+        account_id = "{ACCOUNT}"
+        arm = "arm"
+        subscription_id = "sub-1"
+        resource_group = "rg-1"
+        account_name = "myvi"
+        management_url = "{management}"
+        {extra}
+        "#
+    )
+}
