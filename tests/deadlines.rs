@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use support::entra::arm_route;
 use support::{Azgate, MockUpstream, client};
 use tokio::time::Instant;
 
@@ -47,22 +48,10 @@ async fn refused(url: &str) -> (u16, String, String) {
 async fn a_hanging_token_endpoint_costs_the_route_timeout_not_more() {
     let (entra, calls) = hanging().await;
     let upstream = MockUpstream::echo().await;
-    let gw = Azgate::start(&format!(
-        r#"
-        [credentials.arm]
-        type = "client_secret"
-        tenant = "t"
-        client_id = "c"
-        client_secret = "s3cret"
-        scope = "https://management.azure.com/.default"
-        token_url = "{}/t/oauth2/v2.0/token"
-        [[routes]]
-        prefix = "/arm"
-        upstream = "{}"
-        credential = "arm"
-        timeout = "3s"
-        "#,
-        entra.url, upstream.url
+    let gw = Azgate::start(&arm_route(
+        &format!("{}/t/oauth2/v2.0/token", entra.url),
+        &upstream.url,
+        "timeout = \"3s\"",
     ))
     .await;
     let url = format!("{}/arm/x", gw.url);
@@ -137,24 +126,10 @@ async fn the_first_attempt_gets_what_the_token_wait_left() {
     })
     .await;
     let (upstream, _) = hanging().await;
-    let gw = Azgate::start(&format!(
-        r#"
-        [credentials.arm]
-        type = "client_secret"
-        tenant = "t"
-        client_id = "c"
-        client_secret = "s3cret"
-        scope = "https://management.azure.com/.default"
-        token_url = "{}/t/oauth2/v2.0/token"
-        [[routes]]
-        prefix = "/arm"
-        upstream = "{}"
-        credential = "arm"
-        timeout = "3s"
-        [routes.retry]
-        max_attempts = 1
-        "#,
-        entra.url, upstream.url
+    let gw = Azgate::start(&arm_route(
+        &format!("{}/t/oauth2/v2.0/token", entra.url),
+        &upstream.url,
+        "timeout = \"3s\"\n[routes.retry]\nmax_attempts = 1",
     ))
     .await;
     let started = Instant::now();

@@ -12,30 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{Response, StatusCode};
-use support::entra::MockEntra;
+use support::entra::{MockEntra, arm_route};
 use support::{Azgate, MockUpstream, client, full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A route `/arm` to `upstream` with a `client_secret` credential whose token endpoint is
-/// `token_url`.
-fn arm_route(token_url: &str, upstream: &str) -> String {
-    format!(
-        r#"
-        [credentials.arm]
-        type = "client_secret"
-        tenant = "t"
-        client_id = "c"
-        client_secret = "s3cret-SECRET"
-        scope = "https://management.azure.com/.default"
-        token_url = "{token_url}"
-        [[routes]]
-        prefix = "/arm"
-        upstream = "{upstream}"
-        credential = "arm"
-        timeout = "10s"
-        "#
-    )
-}
 
 /// An upstream that counts requests and remembers the `Authorization` of each.
 async fn recording_upstream() -> (MockUpstream, Arc<std::sync::Mutex<Vec<String>>>) {
@@ -127,6 +106,7 @@ async fn token_endpoint_faults_are_clear_credential_errors_with_bounded_fetches(
         let gw = Azgate::start(&arm_route(
             &format!("{}/t/oauth2/v2.0/token", entra.url),
             &upstream.url,
+            "timeout = \"10s\"",
         ))
         .await;
         let url = format!("{}/arm/x", gw.url);
@@ -182,6 +162,7 @@ async fn a_token_endpoint_that_resets_mid_answer_is_a_clear_credential_error() {
     let gw = Azgate::start(&arm_route(
         &format!("http://{addr}/t/oauth2/v2.0/token"),
         &upstream.url,
+        "timeout = \"10s\"",
     ))
     .await;
     let (status, code, message) = answer(&format!("{}/arm/x", gw.url)).await;
@@ -202,6 +183,7 @@ async fn a_token_host_that_does_not_resolve_is_a_clear_credential_error() {
     let gw = Azgate::start(&arm_route(
         "https://login.azgate-test.invalid/t/oauth2/v2.0/token",
         &upstream.url,
+        "timeout = \"10s\"",
     ))
     .await;
     let (status, code, message) = answer(&format!("{}/arm/x", gw.url)).await;

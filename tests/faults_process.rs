@@ -34,19 +34,13 @@ async fn a_hundred_sighup_reloads_under_load_fail_no_request_and_fetch_no_token(
             listen = "127.0.0.1:0"
             [log]
             format = "json"
-            [credentials.arm]
-            type = "client_secret"
-            tenant = "t"
-            client_id = "c"
-            client_secret = "s3cret"
-            scope = "https://management.azure.com/.default"
-            token_url = "{}/t/oauth2/v2.0/token"
-            [[routes]]
-            prefix = "/arm"
-            upstream = "{}"
-            credential = "arm"
+            {}
             "#,
-            entra.url, upstream.url
+            support::entra::arm_route(
+                &format!("{}/t/oauth2/v2.0/token", entra.url),
+                &upstream.url,
+                ""
+            )
         ),
     )
     .unwrap();
@@ -89,16 +83,7 @@ async fn a_hundred_sighup_reloads_under_load_fail_no_request_and_fetch_no_token(
         task.await.unwrap();
     }
     let admin = serve.admin.clone().unwrap();
-    let metrics = support::metrics::samples(
-        &client()
-            .get(format!("{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let metrics = support::metrics::scrape(&admin).await;
     let reloads = support::metrics::get(
         &metrics,
         "azgate_config_reloads_total",

@@ -181,19 +181,8 @@ async fn the_queue_is_bounded_and_a_client_that_goes_away_leaves_it() {
     let queue = || {
         let admin = admin.clone();
         async move {
-            let text = client()
-                .get(format!("{admin}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            support::metrics::get(
-                &support::metrics::samples(&text),
-                "azgate_throttle_queue",
-                &[("route", "/r")],
-            )
+            let metrics = support::metrics::scrape(&admin).await;
+            support::metrics::get(&metrics, "azgate_throttle_queue", &[("route", "/r")])
         }
     };
     // The first request's own 429 opens a 5 s hold; it waits in the queue itself.
@@ -219,16 +208,7 @@ async fn the_queue_is_bounded_and_a_client_that_goes_away_leaves_it() {
         3,
         "429, then a and later"
     );
-    let metrics = support::metrics::samples(
-        &client()
-            .get(format!("{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let metrics = support::metrics::scrape(&admin).await;
     let get = |name, labels: &[(&str, &str)]| support::metrics::get(&metrics, name, labels);
     assert_eq!(get("azgate_throttle_holds_total", &[("route", "/r")]), 1.0);
     assert_eq!(

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::entra::{MockEntra, v2_token};
 use support::logs::LogCapture;
-use support::metrics::{get, samples};
+use support::metrics::get;
 use support::video_indexer::{
     ACCOUNT, KEY, MockVideoIndexer, arm_credentials, arm_error, arm_token, classic_credential, jwt,
     now_secs, token_string, vi_error,
@@ -256,15 +256,7 @@ async fn the_cache_keeps_at_most_max_entries_tokens() {
         vended(&gw, &format!("/vi-tokens/videos/v{i}")).await;
     }
     let admin = gw.admin_url.clone().unwrap();
-    let text = client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metrics = samples(&text);
+    let metrics = support::metrics::scrape(&admin).await;
     let entries = get(
         &metrics,
         "azgate_vend_cache_entries",
@@ -549,27 +541,12 @@ async fn scoped_tokens_give_a_forwarded_request_a_token_for_its_video_or_project
             call.query.as_deref().unwrap_or_default()
         ))
     });
-    let body = format!(
-        r#"
-        [credentials.vi]
-        type = "video_indexer"
-        location = "trial"
-        account_id = "{ACCOUNT}"
-        subscription_key = "${{VI_KEY}}"
-        allow_edit = true
-        api_url = "{vi}"
-        [[routes]]
-        prefix = "/vi"
-        upstream = "{vi}"
-        credential = "vi"
-        scoped_tokens = true
-        [[routes]]
-        prefix = "/vi-account"
-        upstream = "{vi}"
-        credential = "vi"
-        "#,
-        vi = vi.url
-    );
+    let body = classic_credential("vi", &vi.url, "allow_edit = true")
+        + &format!(
+            "[[routes]]\nprefix = \"/vi\"\nupstream = \"{vi}\"\ncredential = \"vi\"\nscoped_tokens = true\n\
+             [[routes]]\nprefix = \"/vi-account\"\nupstream = \"{vi}\"\ncredential = \"vi\"\n",
+            vi = vi.url
+        );
     let gw = start(&body).await;
     let base = format!("/vi/trial/Accounts/{ACCOUNT}");
 

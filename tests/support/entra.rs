@@ -196,3 +196,24 @@ pub fn throttled(retry_after_secs: u64) -> Response<Body> {
         ))
         .unwrap()
 }
+
+/// A `client_secret` credential `arm` (secret `s3cret-SECRET`) whose token endpoint is
+/// `token_url`, and a route `/arm` to `upstream` injecting it, plus `extra` route lines.
+pub fn arm_route(token_url: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+        [credentials.arm]
+        type = "client_secret"
+        tenant = "t"
+        client_id = "c"
+        client_secret = "s3cret-SECRET"
+        scope = "https://management.azure.com/.default"
+        token_url = "{token_url}"
+        [[routes]]
+        prefix = "/arm"
+        upstream = "{upstream}"
+        credential = "arm"
+        {extra}
+        "#
+    )
+}

@@ -5,6 +5,19 @@ use std::collections::HashMap;
 
 pub type Samples = HashMap<(String, Vec<(String, String)>), f64>;
 
+/// GETs `{admin}/metrics` and parses it.
+pub async fn scrape(admin: &str) -> Samples {
+    let text = super::client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .expect("scrape /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    samples(&text)
+}
+
 /// Prometheus samples as (name, sorted labels) -> value.
 pub fn samples(text: &str) -> Samples {
     let lines = text.lines().map(|l| Ok(l.to_string()));
