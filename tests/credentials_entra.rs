@@ -387,11 +387,7 @@ async fn broken_answers_give_clear_messages() {
 
 #[tokio::test]
 async fn a_refused_connection_names_the_endpoint() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_refusing, port) = support::refused_port();
     let text = client_secret(
         &format!(r#"scope = "{SCOPE}""#),
         &format!(r#"authority = "http://127.0.0.1:{port}""#),

@@ -417,11 +417,7 @@ async fn a_connection_reset_before_the_response_is_retried_for_idempotent_method
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_connection_is_retried_then_reported_with_the_attempt_count() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_refusing, port) = support::refused_port();
     let gw = Azgate::start(&format!(
         "[[routes]]\nprefix = \"/r\"\nupstream = \"http://127.0.0.1:{port}\"\n[routes.retry]\nmax_attempts = 3\n"
     ))

@@ -278,6 +278,24 @@ pub fn config_text(body: &str) -> String {
     )
 }
 
+/// A loopback port that refuses connections for as long as the returned socket lives: bound
+/// but not listening, so no other test can take it meanwhile (a port freed at once can
+/// become another test's server).
+pub fn refused_port() -> (socket2::Socket, u16) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address")
+        .port();
+    (socket, port)
+}
+
 /// An HTTP/1.1 client that ignores proxy variables.
 pub fn client() -> reqwest::Client {
     init();
