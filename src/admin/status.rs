@@ -48,6 +48,8 @@ pub fn json(state: &AdminState) -> Value {
                     j!({
                         "hold_left_ms": r.throttle.hold_left().map(|d| d.as_millis() as u64),
                         "queued": r.throttle.queued(),
+                        // Rounded to a hundredth: a pace, not a measurement.
+                        "learned_per_second": r.throttle.learned_per_second().map(|p| (p * 100.0).round() / 100.0),
                     })
                 });
             j!({

@@ -127,6 +127,7 @@ pub struct RawThrottle {
     pub rate: Option<String>,
     pub burst: Option<u32>,
     pub min_remaining: Option<u64>,
+    pub learn: Option<bool>,
 }
 
 /// `[routes.cors]` of a vending route.

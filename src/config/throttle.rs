@@ -21,6 +21,10 @@ pub struct ThrottleConfig {
     /// Below this many requests left in an `x-ms-ratelimit-remaining-*` header, requests of
     /// its kind are spread out at ARM's refill rate; `None`: 5% of the largest value seen.
     pub min_remaining: Option<u64>,
+    /// Each hold teaches the route a pace (slower than the rate the upstream took before
+    /// it, growing again while no hold comes), so the route stays under a limit nobody
+    /// configured. Only where the route holds.
+    pub learn: bool,
 }
 
 /// A token bucket: `per_second` refill, `burst` capacity.
@@ -40,6 +44,7 @@ impl ThrottleConfig {
             max_queue: DEFAULT_MAX_QUEUE,
             rate: None,
             min_remaining: None,
+            learn: has_credential,
         }
     }
 }
@@ -56,6 +61,15 @@ pub fn validate(
     };
     if let Some(hold) = raw.hold {
         config.hold = hold;
+        config.learn = hold;
+    }
+    match raw.learn {
+        Some(true) if !config.hold => problems.push(
+            join(&join(path, "throttle"), "learn"),
+            "only applies where the route holds (hold = true)",
+        ),
+        Some(learn) => config.learn = learn,
+        None => {}
     }
     match raw.max_queue {
         Some(0) => problems.push(

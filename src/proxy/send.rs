@@ -106,17 +106,14 @@ pub async fn send_with_retry(
         let wait_limit = deadline
             .max(Instant::now())
             .min(Instant::now() + policy.max_delay);
-        let pass = match route.throttle.admit(wait_limit, telemetry).await {
+        let pass = match route
+            .throttle
+            .admit(template.method(), wait_limit, telemetry)
+            .await
+        {
             Ok(pass) => pass,
             Err(err) => return finish(Err(err), attempts, started, authorization),
         };
-        if let Err(err) = route
-            .throttle
-            .pace(template.method(), wait_limit, telemetry)
-            .await
-        {
-            return finish(Err(err), attempts, started, authorization);
-        }
         let Some(attempt_body) = body.attempt() else {
             let err = ProxyError::BadRequest(
                 "the request body was already sent and cannot be sent again".into(),

@@ -5,8 +5,11 @@
 //! whose deadline allows the wait joins a bounded queue; any other is answered at once with
 //! 429 `throttled` and `Retry-After` set to the whole seconds left. When the hold ends one
 //! probe request goes first; if it succeeds the queue drains in a slow start (two more for
-//! each success, open again at 64 at once), and waits again if anything is throttled. A client that disconnects leaves the queue (its future is dropped).
-//! With `rate`, requests are also paced by a token bucket, to stay under a known quota.
+//! each success, open again at 64 at once), and waits again if anything is throttled. A
+//! client that disconnects leaves the queue (its future is dropped). Then the route's pace
+//! (`pace.rs`): `rate`, the spreading by quota headers, and the pace each hold teaches; a
+//! request waiting for its paced slot when the route starts holding gives the slot back and
+//! waits the hold out instead.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -102,7 +105,7 @@ impl Throttle {
     pub fn new(config: ThrottleConfig, route: Arc<str>) -> Self {
         Self {
             route,
-            pace: Pacing::new(config.rate),
+            pace: Pacing::new(config.rate, config.hold && config.learn),
             phase: watch::Sender::new(Phase::Open),
             queued: AtomicUsize::new(0),
             config,
@@ -112,26 +115,6 @@ impl Throttle {
     /// Notes what an `x-ms-ratelimit-remaining-*` header said is left.
     pub fn note_quota(&self, header: &'static str, left: i64) {
         self.pace.note_quota(header, left);
-    }
-
-    /// Waits for the route's pace: a token of `rate` when it has one, and a slot of the
-    /// request's kind while a quota header shows that kind running low. A wait past
-    /// `deadline` is 429 `throttled`.
-    pub async fn pace(
-        &self,
-        method: &http::Method,
-        deadline: Instant,
-        telemetry: &Telemetry,
-    ) -> Result<(), ProxyError> {
-        let now = Instant::now();
-        let wait = self
-            .pace
-            .reserve(method, self.config.min_remaining, now, deadline)
-            .map_err(|wait| self.refused(wait, true, telemetry))?;
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        Ok(())
     }
 
     /// 429 `throttled` for a request that cannot wait `wait`, counted.
@@ -162,21 +145,83 @@ impl Throttle {
         }
     }
 
-    /// Waits until this request may go upstream: at once when the route does not hold;
-    /// after the hold (and the probe) when `deadline` allows; else 429 `throttled`.
+    /// The pace a hold taught the route, requests per second, if one did.
+    pub fn learned_per_second(&self) -> Option<f64> {
+        self.pace.learned_per_second(Instant::now())
+    }
+
+    /// Waits until this attempt of a `method` request may go upstream: after the route's
+    /// hold (and the probe) and at its pace, when `deadline` allows; else 429 `throttled`.
     pub async fn admit(
         &self,
+        method: &http::Method,
         deadline: Instant,
         telemetry: &Telemetry,
     ) -> Result<Pass<'_>, ProxyError> {
         if !self.config.hold {
-            return Ok(Pass {
+            let pass = Pass {
                 throttle: None,
                 probe: false,
                 ramp: false,
-            });
+            };
+            let (wait, slot) = self.reserve(method, deadline, telemetry)?;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            slot.keep();
+            return Ok(pass);
         }
         let mut seen = self.phase.subscribe();
+        loop {
+            let pass = self.wait_out_hold(&mut seen, deadline, telemetry).await?;
+            let (wait, slot) = self.reserve(method, deadline, telemetry)?;
+            if wait.is_zero() || self.slept_unheld(&mut seen, Instant::now() + wait).await {
+                slot.keep();
+                return Ok(pass);
+            }
+            // The route started holding: the slot goes back (dropped) and so does the pass.
+        }
+    }
+
+    /// A paced slot for a `method` request, or 429 `throttled` when it comes too late.
+    fn reserve(
+        &self,
+        method: &http::Method,
+        deadline: Instant,
+        telemetry: &Telemetry,
+    ) -> Result<(Duration, pace::Reservation<'_>), ProxyError> {
+        self.pace
+            .reserve(method, self.config.min_remaining, Instant::now(), deadline)
+            .map_err(|wait| self.refused(wait, true, telemetry))
+    }
+
+    /// Sleeps until `until`: true, or false as soon as the route starts holding.
+    async fn slept_unheld(&self, seen: &mut watch::Receiver<Phase>, until: Instant) -> bool {
+        let sleep = tokio::time::sleep_until(until);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                changed = seen.changed() => {
+                    if changed.is_err() {
+                        return true;
+                    }
+                    if matches!(*seen.borrow_and_update(), Phase::Holding { .. }) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the route's hold lets this request go: at once while it is open, after
+    /// the hold (and the probe) when `deadline` allows; else 429 `throttled`.
+    async fn wait_out_hold(
+        &self,
+        seen: &mut watch::Receiver<Phase>,
+        deadline: Instant,
+        telemetry: &Telemetry,
+    ) -> Result<Pass<'_>, ProxyError> {
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
             let now = Instant::now();
@@ -269,6 +314,9 @@ impl Throttle {
         }
         let probe = std::mem::replace(&mut pass.probe, false);
         let ramp = std::mem::replace(&mut pass.ramp, false);
+        if throttled_for.is_none() {
+            self.pace.accepted(Instant::now());
+        }
         match throttled_for {
             Some(wait) => {
                 let until = Instant::now() + wait;
@@ -286,6 +334,7 @@ impl Throttle {
                     }
                 });
                 if opened {
+                    self.pace.held(Instant::now(), until);
                     telemetry.record_throttle_hold(&self.route);
                     tracing::info!(
                         route = %self.route,

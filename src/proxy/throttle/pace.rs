@@ -1,7 +1,9 @@
-//! A route's pace: `rate`/`burst` as a token bucket, and the spreading of requests whose
+//! A route's pace: `rate`/`burst` as a token bucket; the spreading of requests whose
 //! kind (reads, writes, deletes, as ARM counts them) runs low in the upstream's
 //! `x-ms-ratelimit-remaining-*` headers — a bucket of one at ARM's refill rate for that
-//! kind. Waiters reserve their token first, so they go in the order they came.
+//! kind; and a pace learned from the route's holds (`learn.rs`). Waiters reserve their
+//! token first, so they go in the order they came; a reservation not used (the route
+//! started holding, or the client went away) is given back.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +12,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::Pace;
+
+mod learn;
+use learn::Learned;
 
 /// ARM's per-principal refill rates (reads, writes, deletes per second): below
 /// `min_remaining`, requests of a kind are spread out at this pace, so the quota refills
@@ -55,6 +60,11 @@ impl Bucket {
         self.tokens = after;
         Ok(wait)
     }
+
+    /// Gives back a token reserved and not used.
+    fn refund(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
 }
 
 /// Per quota header, the largest value seen and the last; per kind, its bucket.
@@ -70,10 +80,43 @@ pub(super) struct Pacing {
     /// Set once a quota header was seen: until then nothing is locked per request.
     quota_seen: AtomicBool,
     quota: Mutex<Quota>,
+    /// The pace learned from holds; `None` when `learn = false`.
+    learned: Option<Learned>,
+}
+
+/// The tokens one request reserved: given back on drop unless `keep` says it used them.
+#[must_use]
+pub(super) struct Reservation<'a> {
+    pacing: &'a Pacing,
+    rate: bool,
+    kind: Option<usize>,
+    learned: bool,
+}
+
+impl Reservation<'_> {
+    /// The request goes now: its tokens are spent.
+    pub(super) fn keep(mut self) {
+        (self.rate, self.kind, self.learned) = (false, None, false);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let pacing = self.pacing;
+        if let Some(bucket) = pacing.rate.as_ref().filter(|_| self.rate) {
+            bucket.lock().unwrap_or_else(|p| p.into_inner()).refund();
+        }
+        if let Some(kind) = self.kind {
+            pacing.quota.lock().unwrap_or_else(|p| p.into_inner()).kinds[kind].refund();
+        }
+        if let Some(learned) = pacing.learned.as_ref().filter(|_| self.learned) {
+            learned.refund();
+        }
+    }
 }
 
 impl Pacing {
-    pub(super) fn new(rate: Option<Pace>) -> Self {
+    pub(super) fn new(rate: Option<Pace>, learn: bool) -> Self {
         Self {
             rate: rate.map(|p| Mutex::new(Bucket::full(p.per_second, f64::from(p.burst)))),
             quota_seen: AtomicBool::new(false),
@@ -81,7 +124,27 @@ impl Pacing {
                 headers: Vec::new(),
                 kinds: REFILL.map(|per_second| Bucket::full(per_second, 1.0)),
             }),
+            learned: learn.then(Learned::new),
         }
+    }
+
+    /// An attempt the upstream took (not throttled): the rate a later hold learns from.
+    pub(super) fn accepted(&self, now: Instant) {
+        if let Some(learned) = &self.learned {
+            learned.accepted(now);
+        }
+    }
+
+    /// A hold opened at `now` and ends at `until`: the learned pace slows down.
+    pub(super) fn held(&self, now: Instant, until: Instant) {
+        if let Some(learned) = &self.learned {
+            learned.held(now, until);
+        }
+    }
+
+    /// The learned pace now, requests per second, once a hold taught one.
+    pub(super) fn learned_per_second(&self, now: Instant) -> Option<f64> {
+        self.learned.as_ref().and_then(|l| l.per_second(now))
     }
 
     pub(super) fn note_quota(&self, header: &'static str, left: i64) {
@@ -100,22 +163,29 @@ impl Pacing {
         self.quota_seen.store(true, Ordering::Release);
     }
 
-    /// The wait before a request of `method` may go, reserved; `Err` with the wait when it
-    /// would pass `deadline`.
+    /// The wait before a request of `method` may go, and the tokens it reserved; `Err`
+    /// with the wait when it would pass `deadline` (then nothing stays reserved).
     pub(super) fn reserve(
         &self,
         method: &http::Method,
         min_remaining: Option<u64>,
         now: Instant,
         deadline: Instant,
-    ) -> Result<Duration, Duration> {
-        let mut wait = match &self.rate {
-            Some(bucket) => bucket
+    ) -> Result<(Duration, Reservation<'_>), Duration> {
+        let mut taken = Reservation {
+            pacing: self,
+            rate: false,
+            kind: None,
+            learned: false,
+        };
+        let mut wait = Duration::ZERO;
+        if let Some(bucket) = &self.rate {
+            wait = bucket
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .reserve(now, deadline)?,
-            None => Duration::ZERO,
-        };
+                .reserve(now, deadline)?;
+            taken.rate = true;
+        }
         if let Some(kind) = kind_of_method(method)
             && self.quota_seen.load(Ordering::Acquire)
         {
@@ -126,12 +196,19 @@ impl Pacing {
             });
             if low {
                 wait = wait.max(quota.kinds[kind].reserve(now, deadline)?);
+                taken.kind = Some(kind);
             } else {
                 // Not low: the next time it is, the first request goes at once.
                 quota.kinds[kind] = Bucket::full(REFILL[kind], 1.0);
             }
         }
-        Ok(wait)
+        if let Some(learned) = &self.learned
+            && let Some(learned_wait) = learned.reserve(now, deadline)?
+        {
+            wait = wait.max(learned_wait);
+            taken.learned = true;
+        }
+        Ok((wait, taken))
     }
 }
 
