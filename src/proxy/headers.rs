@@ -33,32 +33,35 @@ static CLIENT_CREDENTIALS: [HeaderName; 3] = [
 /// Removes hop-by-hop headers: `Connection` and every header it names, the fixed list
 /// above, and `TE` unless it asks for `trailers` (then exactly `TE: trailers` is kept).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none of these headers, and a
-    // lookup per listed name would hash every one of them (see bench/README.md).
-    let (mut connection, mut te, mut listed) = (false, false, false);
+    // One pass over the names first, noting which of the list are there: most messages
+    // carry `Connection: keep-alive` and nothing else of it, and each removal hashes its
+    // name (see bench/README.md).
+    let (mut present, mut te) = (0u16, false);
     for name in headers.keys() {
-        if name == header::CONNECTION {
-            connection = true;
+        if let Some(i) = HOP_BY_HOP.iter().position(|listed| listed == name) {
+            present |= 1 << i;
         } else if name == header::TE {
             te = true;
-        } else if HOP_BY_HOP.contains(name) {
-            listed = true;
         }
     }
-    if connection {
+    if present & 1 != 0 {
+        // The headers `Connection` names (`keep-alive`, `close` and the like name none
+        // that is there, usually): looked up without allocating, collected only if there.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|token| !token.is_empty() && headers.contains_key(*token))
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    if connection || listed {
-        for name in &HOP_BY_HOP {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
