@@ -164,6 +164,11 @@ async fn a_long_window_answers_new_requests_at_once_with_429_throttled() {
     tokio::time::sleep(Duration::from_secs(91)).await;
     get(format!("{}/r/c", gw.url)).await;
     assert_eq!(log.lock().unwrap().arrivals.len(), 2);
+    // Upstream time only for the two that went upstream; the refused one has none.
+    let metrics = support::metrics::scrape(&gw.admin_url.clone().unwrap()).await;
+    let count = |name| support::metrics::get(&metrics, name, &[("route", "/r")]);
+    assert_eq!(count("azgate_request_duration_seconds_count"), 3.0);
+    assert_eq!(count("azgate_upstream_duration_seconds_count"), 2.0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -211,13 +216,17 @@ async fn the_queue_is_bounded_and_a_client_that_goes_away_leaves_it() {
     let metrics = support::metrics::scrape(&admin).await;
     let get = |name, labels: &[(&str, &str)]| support::metrics::get(&metrics, name, labels);
     assert_eq!(get("azgate_throttle_holds_total", &[("route", "/r")]), 1.0);
-    assert_eq!(
-        get(
-            "azgate_throttled_total",
-            &[("route", "/r"), ("outcome", "rejected")]
-        ),
-        1.0
-    );
+    // Each wait counted once, by how it ended.
+    for (outcome, count) in [("rejected", 1.0), ("queued", 2.0), ("abandoned", 1.0)] {
+        assert_eq!(
+            get(
+                "azgate_throttled_total",
+                &[("route", "/r"), ("outcome", outcome)]
+            ),
+            count,
+            "{outcome}"
+        );
+    }
     assert_eq!(
         get(
             "azgate_upstream_ratelimit_remaining",
@@ -416,7 +425,7 @@ async fn reads_are_spread_out_when_the_read_quota_runs_low() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_hold_survives_a_reload_that_leaves_its_route_alone() {
+async fn a_hold_survives_reloads_of_its_route() {
     let (server, log) = upstream(|n| {
         if n == 0 {
             (429, Some("60"))
@@ -458,12 +467,32 @@ async fn a_hold_survives_a_reload_that_leaves_its_route_alone() {
     server_handle.apply(parse(&more)).unwrap();
     assert_eq!(get(format!("{url}/r/b")).await.2, "throttled");
     assert_eq!(log.lock().unwrap().arrivals.len(), 1);
-    // Its throttle settings changed: a new route, open.
+    // Its throttle settings changed: the hold is the upstream's, so it goes on under the
+    // new settings, and a request already waiting still counts in the queue.
     let reconfigured = body.replace(
         "credential = \"apim\"\n",
-        "credential = \"apim\"\n        [routes.throttle]\n        max_queue = 5\n",
+        "credential = \"apim\"\n        timeout = \"120s\"\n        [routes.retry]\n        max_delay = \"120s\"\n        [routes.throttle]\n        max_queue = 5\n",
     );
     server_handle.apply(parse(&reconfigured)).unwrap();
-    assert_eq!(get(format!("{url}/r/c")).await.0, 200);
+    let waiting = tokio::spawn(get(format!("{url}/r/c")));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let admin = format!("http://{}", server_handle.admin_addr.unwrap());
+    let queue = || async {
+        let metrics = support::metrics::scrape(&admin).await;
+        support::metrics::get(&metrics, "azgate_throttle_queue", &[("route", "/r")])
+    };
+    assert_eq!(queue().await, 1.0);
+    // Changed again while it waits: still held, still counted.
+    server_handle.apply(parse(&body)).unwrap();
+    assert_eq!(queue().await, 1.0);
+    assert_eq!(get(format!("{url}/r/d")).await.2, "throttled");
+    assert_eq!(
+        log.lock().unwrap().arrivals.len(),
+        1,
+        "nothing went upstream"
+    );
+    // When the hold ends the waiting request goes.
+    assert_eq!(waiting.await.unwrap().0, 200);
+    assert_eq!(log.lock().unwrap().arrivals.len(), 2);
     server_handle.shutdown();
 }

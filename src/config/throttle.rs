@@ -74,7 +74,7 @@ pub fn validate(
     match raw.max_queue {
         Some(0) => problems.push(
             join(&join(path, "throttle"), "max_queue"),
-            "must be at least 1 (set hold = false to answer at once)",
+            "must be at least 1 (without a queue, hold = false answers throttled requests at once)",
         ),
         Some(n) => config.max_queue = n,
         None => {}

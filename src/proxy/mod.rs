@@ -235,7 +235,7 @@ async fn forward(
         telemetry,
     )
     .await;
-    log.upstream_duration = Some(sent.upstream_duration);
+    log.upstream_duration = sent.upstream_duration;
     log.attempts = sent.attempts;
 
     // rewrite response

@@ -85,13 +85,22 @@ impl Route {
         &self.config.prefix
     }
 
-    /// Takes over `previous`'s hold state when it throttled the same way (a reload).
+    /// Takes over `previous`'s hold state on a reload that keeps the route's prefix: the
+    /// same throttle when its settings are unchanged, else the hold, queue and learned
+    /// pace under the new settings.
     pub fn keep_throttle_of(&mut self, previous: &Route) {
-        if previous.config.prefix == self.config.prefix
-            && previous.config.throttle == self.config.throttle
-        {
-            self.throttle = previous.throttle.clone();
+        if previous.config.prefix != self.config.prefix {
+            return;
         }
+        self.throttle = if previous.config.throttle == self.config.throttle {
+            previous.throttle.clone()
+        } else {
+            Arc::new(Throttle::continuing(
+                self.config.throttle.clone(),
+                self.name.clone(),
+                &previous.throttle,
+            ))
+        };
     }
 
     /// The video or project a request is about, when the route injects tokens scoped to

@@ -26,7 +26,8 @@ pub struct Sent {
     pub result: Result<Response<Incoming>, ProxyError>,
     pub attempts: u32,
     /// From the first attempt's send to the final response headers.
-    pub upstream_duration: Duration,
+    /// From the first attempt sent; `None` when none was (refused by the hold or pace).
+    pub upstream_duration: Option<Duration>,
     /// The credential the last attempt carried.
     pub authorization: Option<Authorization>,
 }
@@ -90,7 +91,8 @@ pub async fn send_with_retry(
     telemetry: &Telemetry,
 ) -> Sent {
     let (scope, deadline, request_id) = (request.scope, request.deadline, request.id);
-    let started = Instant::now();
+    // Upstream time starts when the first attempt leaves, after any hold or paced wait.
+    let mut started: Option<Instant> = None;
     let policy = &route.config.retry;
     route.retry_budget.record_request();
     let mut attempts = 0u32;
@@ -132,6 +134,7 @@ pub async fn send_with_retry(
         } else {
             route.config.timeout
         };
+        started.get_or_insert_with(Instant::now);
         let result = route
             .client
             .send(request, timeout, &route.upstream_label)
@@ -285,13 +288,13 @@ fn record_quota(route: &Route, headers: &http::HeaderMap, telemetry: &Telemetry)
 fn finish(
     result: Result<Response<Incoming>, ProxyError>,
     attempts: u32,
-    started: Instant,
+    started: Option<Instant>,
     authorization: Option<Authorization>,
 ) -> Sent {
     Sent {
         result,
         attempts,
-        upstream_duration: started.elapsed(),
+        upstream_duration: started.map(|at| at.elapsed()),
         authorization,
     }
 }

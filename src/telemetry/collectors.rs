@@ -125,7 +125,7 @@ impl Collector for ThrottleCollector {
         }
         let gauge = encoder.encode_descriptor(
             "throttle_queue",
-            "Requests waiting out each holding route's hold now",
+            "Requests waiting out each holding route's hold now.",
             None,
             queued.metric_type(),
         )?;

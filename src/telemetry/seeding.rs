@@ -41,7 +41,7 @@ impl Telemetry {
         self.throttle_holds.get_or_create_owned(&RouteLabel {
             route: route.clone(),
         });
-        for outcome in ["queued", "rejected"] {
+        for outcome in ["queued", "rejected", "abandoned"] {
             self.throttled.get_or_create_owned(&RouteOutcome {
                 route: route.clone(),
                 outcome,

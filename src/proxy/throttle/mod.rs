@@ -50,8 +50,10 @@ const RAMP_OPEN: u32 = 64;
 pub struct Throttle {
     config: ThrottleConfig,
     route: Arc<str>,
-    phase: watch::Sender<Phase>,
-    queued: AtomicUsize,
+    /// The hold and the queue outlive a reload that changes the route's throttle settings
+    /// (`continuing`): they are the upstream's state, not the config's.
+    phase: Arc<watch::Sender<Phase>>,
+    queued: Arc<AtomicUsize>,
     /// `rate`/`burst` pacing and the spreading of requests by quota headers (`pace.rs`).
     pace: Pacing,
 }
@@ -92,12 +94,22 @@ impl Drop for Pass<'_> {
     }
 }
 
-/// Counts a waiting request for as long as it waits.
-struct Waiting<'a>(&'a Throttle);
+/// Counts a waiting request for as long as it waits, and how its wait ended: `queued`
+/// (sent after it), `abandoned` (the client went away); `None` when it was refused, which
+/// `refused` counts.
+struct Waiting<'a, 't> {
+    throttle: &'a Throttle,
+    telemetry: &'t Telemetry,
+    outcome: Option<&'static str>,
+}
 
-impl Drop for Waiting<'_> {
+impl Drop for Waiting<'_, '_> {
     fn drop(&mut self) {
-        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+        self.throttle.queued.fetch_sub(1, Ordering::AcqRel);
+        if let Some(outcome) = self.outcome {
+            self.telemetry
+                .record_throttled(&self.throttle.route, outcome);
+        }
     }
 }
 
@@ -105,9 +117,23 @@ impl Throttle {
     pub fn new(config: ThrottleConfig, route: Arc<str>) -> Self {
         Self {
             route,
-            pace: Pacing::new(config.rate, config.hold && config.learn),
-            phase: watch::Sender::new(Phase::Open),
-            queued: AtomicUsize::new(0),
+            pace: Pacing::new(config.rate, config.hold && config.learn, None),
+            phase: Arc::new(watch::Sender::new(Phase::Open)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            config,
+        }
+    }
+
+    /// The same route after a reload changed its throttle settings: the hold, its queue
+    /// and the learned pace go on (requests already waiting are still counted and still
+    /// released by the probe); the new settings apply to what comes next.
+    pub fn continuing(config: ThrottleConfig, route: Arc<str>, previous: &Throttle) -> Self {
+        let learn = config.hold && config.learn;
+        Self {
+            route,
+            pace: Pacing::new(config.rate, learn, Some(&previous.pace)),
+            phase: previous.phase.clone(),
+            queued: previous.queued.clone(),
             config,
         }
     }
@@ -222,7 +248,24 @@ impl Throttle {
         deadline: Instant,
         telemetry: &Telemetry,
     ) -> Result<Pass<'_>, ProxyError> {
-        let mut waiting: Option<Waiting<'_>> = None;
+        // Dropped with the future when the client goes away: then `abandoned`.
+        let mut waiting: Option<Waiting<'_, '_>> = None;
+        let admitted = self
+            .hold_turn(seen, deadline, telemetry, &mut waiting)
+            .await;
+        if let Some(waiting) = waiting.as_mut() {
+            waiting.outcome = admitted.is_ok().then_some("queued");
+        }
+        admitted
+    }
+
+    async fn hold_turn<'a, 't>(
+        &'a self,
+        seen: &mut watch::Receiver<Phase>,
+        deadline: Instant,
+        telemetry: &'t Telemetry,
+        waiting: &mut Option<Waiting<'a, 't>>,
+    ) -> Result<Pass<'a>, ProxyError> {
         loop {
             let now = Instant::now();
             let phase = *seen.borrow_and_update();
@@ -282,8 +325,11 @@ impl Throttle {
                     return Err(self.refused(left, full && !over_deadline, telemetry));
                 }
                 self.queued.fetch_add(1, Ordering::AcqRel);
-                waiting = Some(Waiting(self));
-                telemetry.record_throttled(&self.route, "queued");
+                *waiting = Some(Waiting {
+                    throttle: self,
+                    telemetry,
+                    outcome: Some("abandoned"),
+                });
             }
             tokio::select! {
                 changed = seen.changed() => {

@@ -5,8 +5,8 @@
 //! token first, so they go in the order they came; a reservation not used (the route
 //! started holding, or the client went away) is given back.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -81,7 +81,7 @@ pub(super) struct Pacing {
     quota_seen: AtomicBool,
     quota: Mutex<Quota>,
     /// The pace learned from holds; `None` when `learn = false`.
-    learned: Option<Learned>,
+    learned: Option<Arc<Learned>>,
 }
 
 /// The tokens one request reserved: given back on drop unless `keep` says it used them.
@@ -116,7 +116,13 @@ impl Drop for Reservation<'_> {
 }
 
 impl Pacing {
-    pub(super) fn new(rate: Option<Pace>, learn: bool) -> Self {
+    /// `previous`: the same route's pacing before a reload; its learned pace goes on.
+    pub(super) fn new(rate: Option<Pace>, learn: bool, previous: Option<&Pacing>) -> Self {
+        let learned = learn.then(|| {
+            previous
+                .and_then(|p| p.learned.clone())
+                .unwrap_or_else(|| Arc::new(Learned::new()))
+        });
         Self {
             rate: rate.map(|p| Mutex::new(Bucket::full(p.per_second, f64::from(p.burst)))),
             quota_seen: AtomicBool::new(false),
@@ -124,7 +130,7 @@ impl Pacing {
                 headers: Vec::new(),
                 kinds: REFILL.map(|per_second| Bucket::full(per_second, 1.0)),
             }),
-            learned: learn.then(Learned::new),
+            learned,
         }
     }
 
