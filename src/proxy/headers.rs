@@ -111,7 +111,12 @@ pub fn remove_echoes(headers: &mut HeaderMap, secret: &[u8]) {
     }
     let echoed: Vec<HeaderName> = headers
         .iter()
-        .filter(|(_, value)| memchr::memmem::find(value.as_bytes(), secret).is_some())
+        // Only a value at least as long as the secret can hold it; the length test
+        // spares a substring search per header (each one sets up a searcher for the
+        // whole needle, a 2 KB Entra token) on nearly every header.
+        .filter(|(_, value)| {
+            value.len() >= secret.len() && memchr::memmem::find(value.as_bytes(), secret).is_some()
+        })
         .map(|(name, _)| name.clone())
         .collect();
     for name in echoed {

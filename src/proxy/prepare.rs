@@ -46,7 +46,12 @@ impl UpstreamRequest {
                 HeaderValue::from_static("identity"),
             );
         }
-        headers.insert(headers::CLIENT_REQUEST_ID, request_id.clone());
+        // A new value on every request: kept out of an HTTP/2 upstream's HPACK table
+        // (never-indexed), where it would push out the entries worth keeping, the
+        // credential first.
+        let mut request_id = request_id.clone();
+        request_id.set_sensitive(true);
+        headers.insert(headers::CLIENT_REQUEST_ID, request_id);
         let upstream = &route.config.upstream;
         Self {
             method: client.method.clone(),
