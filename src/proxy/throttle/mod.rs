@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -178,6 +179,8 @@ impl Throttle {
         }
         let mut seen = self.phase.subscribe();
         let mut waiting: Option<Waiting<'_>> = None;
+        // Open while this request waits, when it is traced; ends when admit returns.
+        let mut _hold_span = None;
         loop {
             let now = Instant::now();
             let phase = *seen.borrow_and_update();
@@ -239,6 +242,10 @@ impl Throttle {
                 self.queued.fetch_add(1, Ordering::AcqRel);
                 waiting = Some(Waiting(self));
                 telemetry.record_throttled(&self.route, "queued");
+                _hold_span = crate::trace::span_in_current(
+                    "throttle hold",
+                    vec![KeyValue::new("azgate.route", self.route.to_string())],
+                );
             }
             tokio::select! {
                 changed = seen.changed() => {
