@@ -13,6 +13,7 @@
 //! - [`config`]: the TOML file, validated into typed config with every problem reported.
 //! - [`gateway`]: the hot state built from a config, swapped whole on reload.
 //! - [`admin`]: health and readiness endpoints.
+//! - [`trace`]: W3C trace context and the spans exported over OTLP.
 //! - [`cli`], [`logging`]: the binary's surface.
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod telemetry;
+pub mod trace;
 
 /// Installs aws-lc-rs as the process-wide rustls crypto provider. Call once at start;
 /// later calls are harmless.

@@ -40,8 +40,13 @@ async fn one_json_line_per_request_without_secrets() {
         .await
         .unwrap();
     let body = response.bytes().await.unwrap();
+    // No span export: the line names the trace of the client's traceparent.
     let missing = client()
         .get(format!("{}/nowhere", gw.url))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .send()
         .await
         .unwrap();
@@ -75,6 +80,7 @@ async fn one_json_line_per_request_without_secrets() {
     assert_eq!(e["request_id"], "log-test-1");
     assert_eq!(e["upstream_request_id"], "upstream-req-1");
     assert_eq!(e["complete"], true);
+    assert!(e.get("trace_id").is_none(), "no trace, no trace_id");
     assert!(e["duration_ms"].as_f64().is_some());
     assert!(e["upstream_ms"].as_f64().is_some());
     // Rounded to the microsecond, without float noise like 2439.1080230000002.
@@ -87,6 +93,7 @@ async fn one_json_line_per_request_without_secrets() {
     let e = &events[1];
     assert_eq!(e["status"], 404);
     assert_eq!(e["error"], "route_not_found");
+    assert_eq!(e["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(e.get("route").is_none());
 }
 

@@ -131,7 +131,13 @@ fn check_lists_vending_routes_with_their_options() {
         .split("\nvending routes:\n")
         .nth(1)
         .unwrap_or_else(|| panic!("no vending section:\n{stdout}"));
-    let lines: Vec<&str> = section.lines().collect();
+    // Where spans go is printed last; this config sets no endpoint.
+    assert!(stdout.contains("\ntelemetry: no OTLP endpoint"), "{stdout}");
+    // The section's lines are indented; `telemetry:` follows it.
+    let lines: Vec<&str> = section
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .collect();
     assert_eq!(
         lines,
         [

@@ -671,7 +671,7 @@ fn every_error_code_is_documented_with_its_status() {
     let mut wrong = Vec::new();
     let mut codes = BTreeSet::new();
     for (err, status) in every_error() {
-        let response = respond(&err, "request-1");
+        let response = respond(&err, "request-1", None);
         let code = err.code();
         assert_eq!(response.headers()["x-azgate-error"], code);
         if status != "4xx" {

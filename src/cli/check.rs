@@ -10,6 +10,7 @@ use crate::config::{Config, ConfigSource, CredentialConfig, VendRouteConfig, Vid
 use crate::credentials::CredentialSet;
 use crate::env::Env;
 use crate::logging;
+use crate::trace::Settings as TraceSettings;
 
 pub(super) fn check(source: ConfigSource, probe: bool) -> ExitCode {
     let config = match load(&source) {
@@ -19,6 +20,21 @@ pub(super) fn check(source: ConfigSource, probe: bool) -> ExitCode {
     print!("{}", describe(&config));
     for warning in &config.warnings {
         eprintln!("warning: {}: {warning}", config.file);
+    }
+    match TraceSettings::resolve(&config.telemetry, &Env::process()) {
+        Ok(Some(settings)) => {
+            println!("telemetry: {}", settings.describe());
+            for warning in &settings.warnings {
+                eprintln!("warning: telemetry: {warning}");
+            }
+        }
+        Ok(None) => println!(
+            "telemetry: no OTLP endpoint ([telemetry] otlp_endpoint, OTEL_EXPORTER_OTLP_ENDPOINT): no spans are exported"
+        ),
+        Err(why) => {
+            eprintln!("telemetry: {why}");
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
     }
     if !probe {
         return ExitCode::SUCCESS;

@@ -16,6 +16,7 @@ mod retry;
 mod routes;
 mod server;
 mod single;
+mod telemetry;
 mod throttle;
 pub mod tls;
 mod units;
@@ -39,6 +40,7 @@ pub use error::{ConfigError, Problem};
 pub use load::{ConfigSource, parse};
 pub use server::{exposed_admin, exposed_proxy};
 pub use single::{CredentialSubset, parse_credential};
+pub use telemetry::{TelemetryConfig, endpoint as otlp_endpoint};
 pub use throttle::{Pace, ThrottleConfig};
 pub use units::{parse_duration, parse_size};
 pub use vend::VendRouteConfig;
@@ -70,6 +72,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// `[telemetry]`: OTLP span export; unset keys fall back to `OTEL_*` at start.
+    pub telemetry: TelemetryConfig,
     /// Credentials by name.
     pub credentials: BTreeMap<String, CredentialConfig>,
     /// Forwarding routes in file order; the router picks the longest matching prefix.

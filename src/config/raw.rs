@@ -48,6 +48,16 @@ pub struct RawLog {
     pub level: Option<String>,
 }
 
+/// `[telemetry]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub otlp_headers: Option<BTreeMap<String, String>>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
+}
+
 /// `[credentials.NAME]`: the union of every credential type's keys. Which keys a given
 /// `type` accepts is checked in `credentials.rs`, against its own key list.
 #[derive(Debug, Default, Deserialize)]

@@ -6,16 +6,24 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::error::Problems;
-use super::raw::{self, RawAdmin, RawLog, RawServer};
+use super::raw::{self, RawAdmin, RawLog, RawServer, RawTelemetry};
 use super::{
     AdminConfig, Config, LogConfig, LogFormat, RetryConfig, credentials, presets, retry, routes,
-    server,
+    server, telemetry,
 };
 
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
 /// The tables a config file may have.
-const TOP_LEVEL: &[&str] = &["server", "admin", "log", "retry", "credentials", "routes"];
+const TOP_LEVEL: &[&str] = &[
+    "server",
+    "admin",
+    "log",
+    "telemetry",
+    "retry",
+    "credentials",
+    "routes",
+];
 
 /// Validates the whole (already interpolated) document. Returns `None` only when nothing
 /// usable could be built; callers also check `problems`.
@@ -32,6 +40,7 @@ pub fn validate(
     let mut server = RawServer::default();
     let mut admin = RawAdmin::default();
     let mut log = RawLog::default();
+    let mut raw_telemetry = RawTelemetry::default();
     let mut credential_tables = toml::Table::new();
     let mut route_values = Vec::new();
     let mut raw_retry = retry::RawRetry::default();
@@ -40,6 +49,9 @@ pub fn validate(
             "server" => server = raw::section(value, "server", problems).unwrap_or_default(),
             "admin" => admin = raw::section(value, "admin", problems).unwrap_or_default(),
             "log" => log = raw::section(value, "log", problems).unwrap_or_default(),
+            "telemetry" => {
+                raw_telemetry = raw::section(value, "telemetry", problems).unwrap_or_default();
+            }
             "credentials" => match value {
                 toml::Value::Table(t) => credential_tables = t,
                 _ => problems.push(
@@ -59,6 +71,7 @@ pub fn validate(
     let server = server::validate(server, base_dir, problems);
     let ready_requires = admin.ready_requires.take();
     let log = validate_log(log, problems);
+    let telemetry = telemetry::validate(raw_telemetry, problems);
     // Routes may name any declared credential, valid or not: a broken credential is
     // reported once, at its own path, not again at every route that uses it.
     let declared: Vec<String> = credential_tables.keys().cloned().collect();
@@ -107,6 +120,7 @@ pub fn validate(
         server,
         admin,
         log,
+        telemetry,
         credentials: credentials.into_iter().collect::<BTreeMap<_, _>>(),
         routes,
         vend_routes,

@@ -12,6 +12,8 @@ use http::Method;
 use tokio::time::Instant;
 
 use crate::telemetry::{InflightGuard, RequestRecord, Telemetry, method_label};
+use crate::trace::{Outcome, RequestTrace};
+use opentelemetry::trace::TraceId;
 
 /// What is known about a request as it goes through the path; emitted once.
 #[derive(Debug)]
@@ -42,6 +44,10 @@ pub struct AccessLog {
     pub telemetry: Option<(Arc<Telemetry>, InflightGuard)>,
     /// The client certificate's subject, with mTLS.
     pub client_subject: Option<std::sync::Arc<str>>,
+    /// The request's trace: azgate's server span's, else the client's `traceparent`'s.
+    pub trace_id: Option<TraceId>,
+    /// The server span, ended with this line (only while spans are exported).
+    pub trace: Option<RequestTrace>,
     /// Set once the event is written, so `Drop` writes it only for abandoned requests.
     emitted: bool,
 }
@@ -63,6 +69,8 @@ impl AccessLog {
             attempts: 0,
             client_subject: None,
             client: None,
+            trace_id: None,
+            trace: None,
             telemetry: None,
             emitted: false,
         }
@@ -76,6 +84,7 @@ impl AccessLog {
 
     fn finish(&mut self, bytes_out: u64, complete: bool) {
         self.emitted = true;
+        self.end_trace();
         let duration_ms = millis(self.started.elapsed());
         if let Some((telemetry, _inflight)) = self.telemetry.take() {
             self.log_event(duration_ms, bytes_out, complete);
@@ -102,9 +111,21 @@ impl AccessLog {
     /// it has no status to count in the request metrics.
     fn abandoned(&mut self) {
         self.emitted = true;
+        self.end_trace();
         let duration_ms = millis(self.started.elapsed());
         self.log_event(duration_ms, 0, false);
         self.telemetry = None;
+    }
+
+    fn end_trace(&mut self) {
+        if let Some(trace) = self.trace.take() {
+            trace.finish(&Outcome {
+                status: self.status,
+                attempts: self.attempts,
+                error: self.error,
+                client: self.client.or(Some(self.peer.ip())),
+            });
+        }
     }
 
     fn log_event(&self, duration_ms: f64, bytes_out: u64, complete: bool) {
@@ -123,6 +144,7 @@ impl AccessLog {
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out,
             request_id = %self.request_id,
+            trace_id = self.trace_id.map(tracing::field::display),
             upstream_request_id = self.upstream_request_id.as_deref(),
             error = self.error,
             attempts = self.attempts,

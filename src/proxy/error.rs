@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
+use opentelemetry::trace::TraceId;
 
 use super::body::{self, ProxyBody};
 use crate::credentials::CredentialError;
@@ -137,14 +138,22 @@ fn throttled_message(route: &str, retry_after: Duration, queue_full: bool) -> St
 }
 
 /// The response for an error of azgate itself: the only place errors become HTTP.
-pub fn respond(err: &ProxyError, request_id: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({
+/// `trace_id` is the request's trace (azgate's own, or the client's `traceparent`).
+pub fn respond(
+    err: &ProxyError,
+    request_id: &str,
+    trace_id: Option<TraceId>,
+) -> Response<ProxyBody> {
+    let mut body = serde_json::json!({
         "error": {
             "code": err.code(),
             "message": err.to_string(),
             "request_id": request_id,
         }
     });
+    if let Some(trace_id) = trace_id {
+        body["error"]["trace_id"] = trace_id.to_string().into();
+    }
     let mut response = Response::new(body::full(body.to_string()));
     *response.status_mut() = err.status();
     let headers = response.headers_mut();
@@ -245,7 +254,8 @@ mod tests {
             ),
         ];
         for (err, status, code) in cases {
-            let response = respond(&err, "rid-1");
+            let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+            let response = respond(&err, "rid-1", Some(trace_id));
             assert_eq!(response.status().as_u16(), status);
             assert_eq!(response.headers()["x-azgate-error"], code);
             if status == 405 {
@@ -255,6 +265,10 @@ mod tests {
             let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(json["error"]["code"], code);
             assert_eq!(json["error"]["request_id"], "rid-1");
+            assert_eq!(
+                json["error"]["trace_id"],
+                "4bf92f3577b34da6a3ce929d0e0e4736"
+            );
             assert!(
                 json["error"]["message"]
                     .as_str()

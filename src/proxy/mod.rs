@@ -35,6 +35,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
+use opentelemetry::context::FutureExt as _;
 
 use self::access_log::AccessLog;
 use self::body::{ProxyBody, ResponseBody};
@@ -44,6 +45,7 @@ use self::prepare::UpstreamRequest;
 use self::replay::ReplayBody;
 use crate::gateway::Gateway;
 use crate::telemetry::Telemetry;
+use crate::trace::{self, Tracing};
 
 /// Set on responses that took more than one upstream attempt.
 const ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-azgate-attempts");
@@ -74,11 +76,21 @@ impl ConnInfo {
 pub struct Proxy {
     gateway: Arc<ArcSwap<Gateway>>,
     telemetry: Arc<Telemetry>,
+    /// The span export pipeline; `None` when no OTLP endpoint is set.
+    tracing: Option<Arc<Tracing>>,
 }
 
 impl Proxy {
-    pub fn new(gateway: Arc<ArcSwap<Gateway>>, telemetry: Arc<Telemetry>) -> Self {
-        Self { gateway, telemetry }
+    pub fn new(
+        gateway: Arc<ArcSwap<Gateway>>,
+        telemetry: Arc<Telemetry>,
+        tracing: Option<Arc<Tracing>>,
+    ) -> Self {
+        Self {
+            gateway,
+            telemetry,
+            tracing,
+        }
     }
 
     /// Serves one request. Never fails: azgate's own errors are responses too.
@@ -98,10 +110,25 @@ impl Proxy {
         );
         log.client_subject = conn.client_subject.clone();
         log.telemetry = Some((self.telemetry.clone(), self.telemetry.inflight()));
+        // Trace context is read here, at the inbound edge. Without export, only the
+        // client's trace id is noted, for the log line and error bodies.
+        log.trace = self.tracing.as_ref().map(|tracing| {
+            let inbound = trace::Inbound {
+                method: request.method(),
+                path: &log.path,
+                tls: conn.tls,
+            };
+            tracing.server_span(request.headers(), &inbound)
+        });
+        log.trace_id = match &log.trace {
+            Some(trace) => Some(trace.trace_id()),
+            None => trace::context::incoming_trace_id(request.headers()),
+        };
         // Headers every answer of the route carries, errors included (CORS).
         let mut extra = Vec::new();
 
-        let (mut response, idle_limit) = match forward(
+        let trace = log.trace.clone();
+        let forwarding = forward(
             request,
             conn,
             &gateway,
@@ -109,14 +136,18 @@ impl Proxy {
             &request_id,
             &mut log,
             &mut extra,
-        )
-        .await
-        {
+        );
+        // The phases run in the server span's context, for the spans opened inside them.
+        let forwarded = match trace {
+            Some(trace) => forwarding.with_context(trace.context().clone()).await,
+            None => forwarding.await,
+        };
+        let (mut response, idle_limit) = match forwarded {
             Ok((response, idle_limit)) => (response, Some(idle_limit)),
             Err(err) => {
                 log.error = Some(err.code());
                 tracing::debug!(request_id = %log.request_id, source = ?err.source(), "{err}");
-                (error::respond(&err, &log.request_id), None)
+                (error::respond(&err, &log.request_id, log.trace_id), None)
             }
         };
         response
@@ -164,6 +195,9 @@ async fn forward(
         // A vending route answers itself with a viewer token (vend.rs).
         route::Matched::Vend(vending) => {
             log.route = Some(vending.name.clone());
+            if let Some(trace) = &log.trace {
+                trace.routed(request.method(), vending.prefix(), None);
+            }
             *extra = vending.cors(request.headers());
             inbound::admit_keys(&admitted, vending.key_digests.as_deref(), vending.prefix())?;
             let response = vend::answer(
@@ -178,6 +212,11 @@ async fn forward(
         }
     };
     log.route = Some(route.name.clone());
+    let trace = log.trace.clone();
+    if let Some(trace) = &trace {
+        let credential = route.credential.as_ref().map(|c| c.name());
+        trace.routed(request.method(), route.prefix(), credential);
+    }
     route.check_method(request.method())?;
     inbound::admit_to_route(&request, &admitted, route)?;
     // A Video Indexer route answers the classic auth calls itself: a legacy tool that
@@ -199,7 +238,12 @@ async fn forward(
     // first attempt gets what is left.
     let deadline = tokio::time::Instant::now() + route.config.timeout;
     let scope = route.token_scope(request.uri().path());
-    let authorization = send::authorize_until(route, scope.as_ref(), deadline).await?;
+    let authorization = send::wait_for_token(
+        trace.as_ref(),
+        route,
+        send::authorize_until(route, scope.as_ref(), deadline),
+    )
+    .await?;
     let (parts, incoming) = request.into_parts();
     let hop = forwarded::ClientHop {
         peer: conn.peer.ip(),
@@ -231,6 +275,7 @@ async fn forward(
             id: &log.request_id,
             scope: scope.as_ref(),
             deadline,
+            trace: trace.as_ref(),
         },
         telemetry,
     )

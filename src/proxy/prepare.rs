@@ -69,6 +69,22 @@ impl UpstreamRequest {
         &self.method
     }
 
+    /// Where attempts go, for their client spans: the URL without the injected credential
+    /// and with the query redacted as in the access log, the host and the port.
+    pub fn target_for_trace(&self) -> (String, &str, u16) {
+        let (scheme, authority) = &self.uri_parts;
+        let scheme = scheme.as_ref().map_or("https", |s| s.as_str());
+        let host = authority.as_ref().map_or("", |a| a.host());
+        let port = authority.as_ref().and_then(|a| a.port_u16());
+        let port = port.unwrap_or(if scheme == "http" { 80 } else { 443 });
+        let url = format!(
+            "{scheme}://{}{}",
+            authority.as_ref().map_or("", |a| a.as_str()),
+            query::redact_for_log(&self.path, self.query.as_deref())
+        );
+        (url, host, port)
+    }
+
     /// One attempt's request: the template plus the credential and a body.
     pub fn build(
         &self,

@@ -19,6 +19,9 @@ use super::vi_auth;
 use crate::credentials::video_indexer::Scope;
 use crate::credentials::{Authorization, CredentialError, Refusal};
 use crate::telemetry::Telemetry;
+use crate::trace::{RequestTrace, Target, context::TRACEPARENT};
+use opentelemetry::KeyValue;
+use opentelemetry::context::FutureExt as _;
 
 /// The final upstream outcome and how it was reached.
 pub struct Sent {
@@ -80,6 +83,31 @@ pub struct RequestFacts<'a> {
     pub scope: Option<&'a Scope>,
     /// The route timeout's end, counted from before the token wait.
     pub deadline: Instant,
+    /// The request's server span, while spans are exported.
+    pub trace: Option<&'a RequestTrace>,
+}
+
+/// Runs `waiting` (a wait for the route credential's token) inside a `token wait` span of
+/// the request, when it is traced and the route has a credential: a token fetch it starts
+/// opens its span under it.
+pub async fn wait_for_token<T>(
+    trace: Option<&RequestTrace>,
+    route: &Route,
+    waiting: impl Future<Output = T>,
+) -> T {
+    let (Some(trace), Some(credential)) = (trace, &route.credential) else {
+        return waiting.await;
+    };
+    let wait = trace.child(
+        "token wait",
+        vec![KeyValue::new(
+            "azgate.credential",
+            credential.name().to_string(),
+        )],
+    );
+    let result = waiting.with_context(wait.context().clone()).await;
+    wait.end();
+    result
 }
 
 pub async fn send_with_retry(
@@ -91,6 +119,7 @@ pub async fn send_with_retry(
     telemetry: &Telemetry,
 ) -> Sent {
     let (scope, deadline, request_id) = (request.scope, request.deadline, request.id);
+    let trace = request.trace;
     // Upstream time starts when the first attempt leaves, after any hold or paced wait.
     let mut started: Option<Instant> = None;
     let policy = &route.config.retry;
@@ -123,10 +152,23 @@ pub async fn send_with_retry(
             return finish(Err(err), attempts, started, authorization);
         };
         let injection = authorization.as_ref().map(|a| &a.injection);
-        let request = match template.build(injection, attempt_body) {
+        let mut request = match template.build(injection, attempt_body) {
             Ok(request) => request,
             Err(err) => return finish(Err(err), attempts, started, authorization),
         };
+        // Written per attempt: the upstream's parent is this attempt's client span.
+        let mut span = trace.map(|trace| {
+            let (url, host, port) = template.target_for_trace();
+            let target = Target {
+                url: &url,
+                host,
+                port,
+            };
+            trace.attempt(template.method(), &target, attempts - 1)
+        });
+        if let Some(traceparent) = span.as_ref().and_then(|s| s.traceparent()) {
+            request.headers_mut().insert(TRACEPARENT, traceparent);
+        }
         // The first attempt has what the token wait left of the route's timeout; a retry
         // has the whole timeout again.
         let timeout = if attempts == 1 {
@@ -146,6 +188,13 @@ pub async fn send_with_retry(
                 },
                 other => other,
             });
+        if let Some(span) = &mut span {
+            match &result {
+                Ok(response) => span.answered(response.status().as_u16()),
+                Err(err) => span.failed(err.code()),
+            }
+        }
+        drop(span);
 
         let result = match result {
             Ok(response) => Ok(response),
@@ -185,7 +234,7 @@ pub async fn send_with_retry(
                 "upstream refused the credential: replaying once with a new one"
             );
             credential_replayed = true;
-            authorization = match authorize(route, scope).await {
+            authorization = match wait_for_token(trace, route, authorize(route, scope)).await {
                 Ok(authorization) => authorization,
                 Err(err) => return finish(Err(err), attempts, started, authorization),
             };

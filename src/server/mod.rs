@@ -47,13 +47,18 @@ pub enum StartError {
     Tls(#[from] TlsProblems),
     #[error("cannot set up TLS on the admin listener ([admin.tls]): {0}")]
     AdminTls(TlsProblems),
+    #[error("cannot set up span export ([telemetry]): {0}")]
+    Telemetry(String),
 }
 
 impl StartError {
     /// Whether the config is at fault (unusable TLS files), rather than the machine (a
     /// port taken): `serve` exits with the config status for these.
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Tls(_) | StartError::AdminTls(_))
+        matches!(
+            self,
+            StartError::Tls(_) | StartError::AdminTls(_) | StartError::Telemetry(_)
+        )
     }
 }
 
@@ -197,6 +202,8 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     );
     check(old.admin.listen != new.admin.listen, "admin.listen");
     check(old.admin.tls != new.admin.tls, "[admin.tls] file paths");
+    // The export pipeline is built when the server starts.
+    check(old.telemetry != new.telemetry, "[telemetry]");
     check(
         old.log.format != new.log.format || old.log.level != new.log.level,
         "[log]",

@@ -20,6 +20,7 @@ use crate::env::Env;
 use crate::gateway::Gateway;
 use crate::proxy::Proxy;
 use crate::telemetry::Telemetry;
+use crate::trace::{Settings as TraceSettings, Tracing};
 
 /// Binds the listeners and starts serving in the background.
 /// Credential sources read their variables from `env`.
@@ -41,6 +42,8 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
         )),
         None => None,
     };
+    // Before binding too: an unusable OTEL_* variable is a config error.
+    let trace_export = start_tracing(&config, &env, &telemetry)?;
     limits::raise_open_files(config.server.max_connections);
     let backlog = config.server.backlog.unwrap_or_else(limits::somaxconn);
     let proxy_listener = bind(config.server.listen, "proxy", backlog)?;
@@ -105,11 +108,12 @@ pub async fn start(config: Config, env: Env) -> Result<RunningServer, StartError
     };
     let task = tokio::spawn(run(
         proxy_listener,
-        Proxy::new(gateway.clone(), telemetry.clone()),
+        Proxy::new(gateway.clone(), telemetry.clone(), trace_export.clone()),
         settings,
         admin,
         timing,
         lifecycle.clone(),
+        trace_export,
     ));
     Ok(RunningServer {
         proxy_addr,
@@ -137,6 +141,7 @@ async fn run(
     admin: AdminListener,
     timing: Timing,
     lifecycle: Arc<Lifecycle>,
+    trace_export: Option<Arc<Tracing>>,
 ) -> Drained {
     // The file watchers and the admin listener stop on a channel of their own: the admin
     // listener outlives the proxy's drain so /readyz can report it.
@@ -208,7 +213,30 @@ async fn run(
     if let Some(task) = admin_task {
         let _ = task.await;
     }
+    // Last, so the spans of the requests that drained are exported too.
+    if let Some(trace_export) = trace_export {
+        trace_export.shutdown().await;
+    }
     drained
+}
+
+/// The OTLP pipeline, when `[telemetry]` or the `OTEL_*` variables name an endpoint.
+fn start_tracing(
+    config: &Config,
+    env: &Env,
+    telemetry: &Arc<Telemetry>,
+) -> Result<Option<Arc<Tracing>>, StartError> {
+    let Some(settings) =
+        TraceSettings::resolve(&config.telemetry, env).map_err(StartError::Telemetry)?
+    else {
+        return Ok(None);
+    };
+    for warning in &settings.warnings {
+        tracing::warn!("telemetry: {warning}");
+    }
+    let started = Tracing::start(&settings, telemetry.clone()).map_err(StartError::Telemetry)?;
+    tracing::info!("tracing: {}", settings.describe());
+    Ok(Some(Arc::new(started)))
 }
 
 /// Probes and scrapes only: a short queue is plenty.

@@ -78,6 +78,7 @@ pub struct Telemetry {
     throttle_holds: Family<RouteLabel, Counter>,
     throttled: Family<RouteOutcome, Counter>,
     ratelimit_remaining: Family<HeaderLabels, Gauge>,
+    otlp_export_failures: Counter,
     connections: Gauge,
     handshake_failures: Family<HandshakeLabels, Counter>,
     certificate_expiry: Family<ListenerLabel, Gauge<f64, AtomicU64>>,
@@ -196,6 +197,12 @@ impl Telemetry {
             "Requests left in the upstream's quota, from the last response that carried each x-ms-ratelimit-remaining-* header",
             Listed(ratelimit_remaining.clone()),
         );
+        let otlp_export_failures = Counter::default();
+        registry.register(
+            "otlp_export_failures",
+            "Batches of spans the OTLP collector did not take (refused, unreachable or too slow); their spans are dropped",
+            Listed(otlp_export_failures.clone()),
+        );
         registry.register_collector(Box::new(TokenCollector(scraped.clone())));
         registry.register_collector(Box::new(VendCollector(scraped.clone())));
         registry.register_collector(Box::new(ThrottleCollector(scraped.clone())));
@@ -213,6 +220,7 @@ impl Telemetry {
             throttle_holds,
             throttled,
             ratelimit_remaining,
+            otlp_export_failures,
             connections,
             handshake_failures,
             certificate_expiry,
@@ -346,6 +354,11 @@ impl Telemetry {
                 status,
             })
             .inc();
+    }
+
+    /// A batch of spans the collector did not take.
+    pub fn record_otlp_export_failure(&self) {
+        self.otlp_export_failures.inc();
     }
 
     pub fn record_reload(&self, ok: bool) {

@@ -34,9 +34,18 @@ impl Serve {
         Self::start_under(config, None)
     }
 
+    /// The same, with `vars` added to the process environment.
+    pub fn start_with_env(config: &Path, vars: &[(&str, String)]) -> Self {
+        Self::spawn(config, None, vars)
+    }
+
     /// The same, run by `sh -c "<shell>; exec azgate serve -c config"`, e.g. with
     /// `ulimit -n 256` to lower the process's open-files limit first.
     pub fn start_under(config: &Path, shell: Option<&str>) -> Self {
+        Self::spawn(config, shell, &[])
+    }
+
+    fn spawn(config: &Path, shell: Option<&str>, vars: &[(&str, String)]) -> Self {
         let binary = env!("CARGO_BIN_EXE_azgate");
         let mut command = match shell {
             Some(prefix) => {
@@ -53,6 +62,7 @@ impl Serve {
                 c
             }
         };
+        command.envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
         let mut child = command
             .env_remove("AZGATE_CONFIG")
             .env_remove("RUST_LOG")

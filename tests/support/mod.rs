@@ -28,6 +28,7 @@ pub mod entra;
 pub mod identity;
 pub mod logs;
 pub mod metrics;
+pub mod otlp;
 pub mod raw;
 pub mod scripted;
 pub mod sdk;

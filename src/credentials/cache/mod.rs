@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use opentelemetry::KeyValue;
 use tokio::time::Instant;
 
 use super::token::{FetchError, SourceStep, Token, TokenSource};
@@ -231,7 +232,18 @@ impl TokenCache {
     /// second fetch can start before this one is recorded.
     fn start_fetch(self: &Arc<Self>, state: &mut State) -> SharedFetch {
         let cache = Arc::clone(self);
+        // The traced request that needs the token, if any: the fetch's span goes under it.
+        let parent = crate::trace::Parent::current();
         let task = tokio::spawn(async move {
+            let _span = parent.and_then(|parent| {
+                parent.span(
+                    "token fetch",
+                    vec![
+                        KeyValue::new("azgate.credential", cache.name.clone()),
+                        KeyValue::new("azgate.token_source", cache.source.describe()),
+                    ],
+                )
+            });
             let result = match tokio::time::timeout(FETCH_TIMEOUT, cache.source.fetch()).await {
                 Ok(result) => result,
                 Err(_) => Err(FetchError::new(format!(

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -266,6 +267,8 @@ impl Throttle {
         telemetry: &'t Telemetry,
         waiting: &mut Option<Waiting<'a, 't>>,
     ) -> Result<Pass<'a>, ProxyError> {
+        // Open while this request waits, when it is traced; ends when it stops waiting.
+        let mut _hold_span = None;
         loop {
             let now = Instant::now();
             let phase = *seen.borrow_and_update();
@@ -330,6 +333,10 @@ impl Throttle {
                     telemetry,
                     outcome: Some("abandoned"),
                 });
+                _hold_span = crate::trace::span_in_current(
+                    "throttle hold",
+                    vec![KeyValue::new("azgate.route", self.route.to_string())],
+                );
             }
             tokio::select! {
                 changed = seen.changed() => {
