@@ -130,7 +130,10 @@ http {{
 
 
 def nginx_tls_server(certs):
-    return f"""    ssl_certificate {certs.cert};
+    # nginx 1.22 enables only TLS 1.0-1.2 by default (1.3 from 1.23.4); Azure's front doors
+    # and the other systems speak 1.3.
+    return f"""    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_certificate {certs.cert};
     ssl_certificate_key {certs.key};
     ssl_session_cache shared:SSL:10m;"""
 
