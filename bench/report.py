@@ -80,13 +80,14 @@ def per_system(results, scenarios, modes):
 
 def fixed_rate(fixed):
     lines = [
-        "| scenario | system | rate /s | p50 ms | p99 ms | p99.9 ms | non-2xx, errors |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | system | rate /s | p50 ms | p99 ms | p99.9 ms | p99 per round ms | non-2xx, errors |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (scenario, system), r in fixed.items():
+        rounds = ", ".join(ms(v) for v in r["rounds_p99"])
         lines.append(
-            f"| {scenario} | {system} | {r['rate']} | {ms(r['p50'])} | {ms(r['p99'])} | {ms(r['p999'])} "
-            f"| {r['total'] - r['ok']}, {r['errors']} |"
+            f"| {scenario} | {system} | {r['rate']} | {ms(r['p50'])} | {ms(r['p99'])} | {ms(r['p999'])} | {rounds} "
+            f"| {r['total'] - r['ok']:.0f}, {r['errors']:.0f} |"
         )
     for scenario in dict.fromkeys(s for s, _ in fixed):
         a, n = fixed.get((scenario, "azgate")), fixed.get((scenario, "nginx"))
@@ -139,7 +140,8 @@ def write(data, args, out, versions, commands):
     ]
     if data.get("fixed"):
         lines += ["", f"## Latency at a fixed rate ({args.load_factor:.0%} of the slowest proxy's keep-alive throughput, "
-                  "oha `-q RATE --latency-correction`)", "", *fixed_rate(data["fixed"])]
+                  f"oha `-q RATE --latency-correction`; medians of {args.repeat} interleaved rounds)", "",
+                  *fixed_rate(data["fixed"])]
     lines += ["", "## Per round", "",
               "req/s, CPU µs per request and the highest share of CPU time stolen by the hypervisor on either CPU:", ""]
     for (scenario, mode, system), r in results.items():
