@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """azgate against nginx and HAProxy, doing the same job on the same loopback machine.
 
-    python3 bench/run.py            # full run (installs peers, builds azgate --release)
+    python3 bench/run.py            # full run (installs peers, builds azgate --release), about 18 minutes
     python3 bench/run.py --smoke    # a few seconds, no peers: proves the script works
+    python3 bench/run.py --quick --scenarios https-h2 --modes keep-alive   # throughput only
 
 Every system proxies to one nginx upstream answering a small JSON body and injects
-`Authorization: Bearer …`, replacing the client's. Proxies run pinned to CPU 0, the
-upstream and the load generator to CPU 1. Results go to bench/out/<time>/results.md
-(method, machine, versions, exact commands, figures). See bench/README.md.
+`Authorization: Bearer …`, replacing the client's. The scenarios (bench/peers.py) are
+Azure's shape — HTTPS upstreams with HTTP/1.1 and offering h2, and an HTTPS listener —
+plus plain HTTP/1.1 on loopback as the worst case, each with keep-alive clients and with
+a new connection per request. Proxies run pinned to CPU 0, the upstream and the load
+generator to CPU 1; CPU time per request comes from /proc. Results go to
+bench/out/<time>/results.md (method, machine, versions, exact commands, figures).
+See bench/README.md.
 """
 import argparse
 import asyncio
@@ -16,27 +21,43 @@ import http.server
 import json
 import os
 import pathlib
-import platform
 import shutil
+import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import report  # noqa: E402  (writes results.md)
+from peers import (  # noqa: E402,F401  (re-exported: instructions.py, vend.py, soak.py and throttle.py use them from here)
+    BEARER,
+    PORTS,
+    SCENARIOS,
+    STATIC_CREDENTIAL,
+    TOKEN_CREDENTIAL,
+    Scenario,
+    azgate_conf,
+    haproxy_conf,
+    make_certs,
+    nginx_conf,
+    nginx_proxy_conf,
+    nginx_upstream_conf,
+    url,
+    write_configs,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PORTS = {
-    "upstream": 18080,
-    "azgate": 18081,
-    "azgate-token": 18082,
-    "nginx": 18083,
-    "haproxy": 18084,
-    "token": 18085,
-}
 PROXY_CPU = "0"
 LOAD_CPU = "1"
-BEARER = "Bearer static-bench-token"
 COMMANDS = []  # every load command, in the order run, for the results file
+# The run's CA: oha is given it for https:// targets.
+TLS_CA = None
+# Client modes: oha's default keeps connections alive; legacy tools open one per request.
+MODES = {"keep-alive": [], "close": ["--disable-keepalive"]}
 
 
 def log(msg):
@@ -52,7 +73,7 @@ def have(tool):
 
 
 def install():
-    missing = [p for p, tool in [("nginx", "nginx"), ("haproxy", "haproxy"), ("curl", "curl")] if not have(tool)]
+    missing = [p for p, tool in [("nginx", "nginx"), ("haproxy", "haproxy"), ("curl", "curl"), ("openssl", "openssl")] if not have(tool)]
     if missing:
         log(f"installing {' '.join(missing)} from Debian")
         sudo = [] if os.geteuid() == 0 else ["sudo"]
@@ -87,7 +108,11 @@ class Proc:
         self.name = name
         self.log = open(out / f"{name}.log", "w")
         self.proc = subprocess.Popen(["taskset", "-c", cpu] + cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        wait_port(port)
+        try:
+            wait_port(port)
+        except BaseException:
+            self.stop()  # it never listened: stop it rather than leave it running
+            raise
 
     def pids(self):
         pids = [self.proc.pid]
@@ -130,7 +155,8 @@ class Proc:
 
 
 def oha(url, *args, timeout=120):
-    cmd = ["taskset", "-c", LOAD_CPU, "oha", "--no-tui", "--output-format", "json", *args, url]
+    tls = ["--cacert", str(TLS_CA)] if url.startswith("https:") and TLS_CA else []
+    cmd = ["taskset", "-c", LOAD_CPU, "oha", "--no-tui", "--output-format", "json", *tls, *args, url]
     COMMANDS.append(" ".join(cmd))
     out = run(cmd, timeout=timeout).stdout
     data = json.loads(out)
@@ -139,6 +165,9 @@ def oha(url, *args, timeout=120):
     codes = data.get("statusCodeDistribution", {})
     ok = sum(v for k, v in codes.items() if k.startswith("2"))
     total = sum(codes.values())
+    # Connection errors, not in the status codes; requests still in flight when `-z` ends
+    # ("aborted due to deadline") are not errors.
+    errors = sum(v for k, v in data.get("errorDistribution", {}).items() if "deadline" not in k)
     elapsed = summary.get("total") or 0.0
     return {
         # Successful answers per second (oha's own figure counts errors too).
@@ -148,128 +177,8 @@ def oha(url, *args, timeout=120):
         "p999": pct.get("p99.9"),
         "ok": ok,
         "total": total,
+        "errors": errors,
     }
-
-
-# ---------------------------------------------------------------------------
-# peer configs
-
-
-def nginx_conf(out, name, http_body):
-    """One nginx worker in the foreground, no access log, long keep-alive; its temp
-    directories (created here) under out/<name>-tmp."""
-    tmp = out / f"{name}-tmp"
-    for d in ["body", "proxy", "fastcgi", "uwsgi", "scgi"]:
-        (tmp / d).mkdir(parents=True, exist_ok=True)
-    return f"""
-worker_processes 1;
-daemon off;
-pid {out}/{name}.pid;
-error_log {out}/{name}.err warn;
-events {{ worker_connections 30000; }}
-http {{
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  client_body_temp_path {tmp}/body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-{http_body}
-}}
-"""
-
-
-def nginx_upstream_conf(out):
-    return nginx_conf(out, "nginx-upstream", f"""  server {{
-    listen 127.0.0.1:{PORTS['upstream']} backlog=4096;
-    location / {{ default_type application/json; return 200 '{{"id":"bench","status":"Succeeded","value":[1,2,3]}}'; }}
-    location = /big {{ alias {out}/1g.bin; }}
-    location = /sink {{ client_max_body_size 0; client_body_buffer_size 1m; return 200 "ok"; }}
-  }}""")
-
-
-def nginx_proxy_conf(out):
-    return nginx_conf(out, "nginx-proxy", f"""  upstream backend {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 256; }}
-  server {{
-    listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
-    location /up/ {{
-      proxy_pass http://backend/;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host 127.0.0.1:{PORTS['upstream']};
-      proxy_set_header Authorization "{BEARER}";
-    }}
-  }}""")
-
-
-def haproxy_conf(out):
-    return f"""
-global
-  nbthread 1
-  # Two descriptors per proxied connection; the shell's limit here is 20000.
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-  option http-keep-alive
-frontend fe
-  bind 127.0.0.1:{PORTS['haproxy']}
-  http-request set-header Authorization "{BEARER}"
-  http-request set-path %[path,regsub(^/up/,/)]
-  default_backend be
-backend be
-  http-reuse always
-  server up 127.0.0.1:{PORTS['upstream']} maxconn 2000
-"""
-
-
-def azgate_conf(port, credential):
-    return f"""
-[server]
-listen = "127.0.0.1:{port}"
-max_connections = 30000
-
-[admin]
-listen = ""
-
-[log]
-level = "warn"
-
-{credential}
-
-[[routes]]
-prefix = "/up"
-upstream = "http://127.0.0.1:{PORTS['upstream']}"
-credential = "bench"
-"""
-
-
-STATIC_CREDENTIAL = f"""[credentials.bench]
-type = "static"
-header = "Authorization"
-value = "{BEARER}"
-"""
-
-TOKEN_CREDENTIAL = f"""[credentials.bench]
-type = "client_secret"
-tenant = "bench"
-client_id = "bench-app"
-client_secret = "bench-secret"
-scope = "https://management.azure.com/.default"
-token_url = "http://127.0.0.1:{PORTS['token']}/bench/oauth2/v2.0/token"
-"""
-
-
-def url(system, path="/"):
-    if system == "direct":
-        return f"http://127.0.0.1:{PORTS['upstream']}{path}"
-    if system == "azgate-before":
-        system = "azgate"
-    return f"http://127.0.0.1:{PORTS[system]}/up{path}"
 
 
 # ---------------------------------------------------------------------------
@@ -344,144 +253,237 @@ def fmt_ms(seconds):
     return "–" if seconds is None else f"{seconds * 1000:.2f}"
 
 
+def wait_for_quiet(limit, max_wait):
+    """Waits until the 1-minute load average is below `limit` (other work on a shared
+    machine skews every figure), at most `max_wait` seconds; returns the load averages."""
+    deadline = time.time() + max_wait
+    while os.getloadavg()[0] >= limit and time.time() < deadline:
+        log(f"load average {os.getloadavg()[0]:.2f} >= {limit}: waiting (until {time.strftime('%H:%M:%S', time.localtime(deadline))} at most)")
+        time.sleep(15)
+    return os.getloadavg()
+
+
+def check_ports_free(wait=0):
+    """A listener left on one of the ports (a previous run, another checkout's benchmark)
+    would be measured instead of the system: waits up to `wait` seconds for them to close."""
+    deadline = time.time() + wait
+    while True:
+        busy = []
+        for name, port in PORTS.items():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    busy.append(f"{name} ({port})")
+            except OSError:
+                pass
+        if not busy:
+            return
+        if time.time() >= deadline:
+            raise RuntimeError("ports in use (another benchmark, or a previous run left something behind; "
+                               "AZGATE_BENCH_PORT_BASE moves them): " + ", ".join(busy))
+        log("ports in use, waiting: " + ", ".join(busy))
+        time.sleep(15)
+
+
+class Systems:
+    """Starts a system as configured for a scenario (peers.write_configs)."""
+
+    def __init__(self, binary, before_bin, commands, out):
+        self.binary, self.before_bin, self.commands, self.out = binary, before_bin, commands, out
+
+    def start(self, system, scenario):
+        if system == "direct":
+            return None
+        argv, port = self.commands[scenario.name]["azgate" if system == "azgate-before" else system]
+        if system in ("azgate", "azgate-token"):
+            argv = [str(self.binary)] + argv[1:]
+        elif system == "azgate-before":
+            # An earlier build (--before-bin), same config as `azgate`, for before/after rows.
+            argv = [self.before_bin] + argv[1:]
+        return Proc(f"{system}-{scenario.name}", argv, port, PROXY_CPU, self.out)
+
+
+def measure(proc, target, mode, args):
+    """One throughput run at fixed concurrency; the proxy's CPU time per answered request."""
+    cpu0 = proc.cpu_seconds() if proc else None
+    ticks0 = cpu_ticks()
+    r = oha(target, "-z", f"{args.seconds}s", "-c", str(args.connections), *MODES[mode])
+    stolen = steal_pct(ticks0, cpu_ticks())
+    cpu1 = proc.cpu_seconds() if proc else None
+    answered = r["total"]
+    return {
+        "rps": r["rps"],
+        "p50": r["p50"],
+        "p99": r["p99"],
+        "ok": r["ok"],
+        "total": answered,
+        "errors": r["errors"],
+        "cpu_us": None if proc is None or answered == 0 else (cpu1 - cpu0) / answered * 1e6,
+        "steal_pct": stolen,
+        "peak_rss_mib": None if proc is None else proc.memory_kib("VmHWM") / 1024,
+    }
+
+
 def full(args, out):
+    global TLS_CA
     install()
     binary = build()
-    if not args.quick:
+    data = {"load_wait": args.wait_load}
+    wait_until = time.time() + args.wait_max
+    check_ports_free(args.wait_max if args.wait_load else 0)
+    data["load_start"] = wait_for_quiet(args.wait_load, wait_until - time.time()) if args.wait_load else os.getloadavg()
+    log("load average at start: " + " ".join(f"{v:.2f}" for v in data["load_start"]))
+    started = time.time()
+    certs = make_certs(out / "certs")
+    TLS_CA = certs.ca
+    scenarios = [SCENARIOS[name] for name in args.scenarios.split(",")]
+    modes = args.modes.split(",")
+    extras = not args.quick and any(s.name == "plain" for s in scenarios)
+    if extras:
         with open(out / "1g.bin", "wb") as f:
             chunk = os.urandom(1 << 20)
             for _ in range(1024):
                 f.write(chunk)
-    confs = {
-        "nginx-upstream.conf": nginx_upstream_conf(out),
-        "nginx-proxy.conf": nginx_proxy_conf(out),
-        "haproxy.cfg": haproxy_conf(out),
-        "azgate-static.toml": azgate_conf(PORTS["azgate"], STATIC_CREDENTIAL),
-        "azgate-token.toml": azgate_conf(PORTS["azgate-token"], TOKEN_CREDENTIAL),
-    }
-    # Configs live apart from the logs: azgate watches its config's directory for changes.
     (out / "conf").mkdir(exist_ok=True)
-    for name, text in confs.items():
-        (out / "conf" / name).write_text(text)
+    (out / "conf" / "nginx-upstream.conf").write_text(nginx_upstream_conf(out, certs))
+    commands = {s.name: write_configs(out, s, certs) for s in scenarios}
+    systems = Systems(binary, args.before_bin, commands, out)
+
+    def systems_of(scenario):
+        return args.systems.split(",") if args.systems else list(scenario.systems)
 
     upstream = Proc("upstream", ["nginx", "-c", str(out / "conf" / "nginx-upstream.conf")], PORTS["upstream"], LOAD_CPU, out)
-    token = Proc("token", [sys.executable, str(ROOT / "bench" / "mock_token.py"), str(PORTS["token"])], PORTS["token"], LOAD_CPU, out)
-    results = {}
-    extra = {}
+    token = None
     try:
-        def start(system):
-            if system == "azgate":
-                return Proc(system, [str(binary), "serve", "-c", str(out / "conf" / "azgate-static.toml")], PORTS[system], PROXY_CPU, out)
-            if system == "azgate-before":
-                # An earlier build (--before-bin), same config as `azgate`, for before/after rows.
-                return Proc(system, [args.before_bin, "serve", "-c", str(out / "conf" / "azgate-static.toml")], PORTS["azgate"], PROXY_CPU, out)
-            if system == "azgate-token":
-                return Proc(system, [str(binary), "serve", "-c", str(out / "conf" / "azgate-token.toml")], PORTS[system], PROXY_CPU, out)
-            if system == "nginx":
-                return Proc(system, ["nginx", "-c", str(out / "conf" / "nginx-proxy.conf")], PORTS[system], PROXY_CPU, out)
-            if system == "haproxy":
-                return Proc(system, ["haproxy", "-f", str(out / "conf" / "haproxy.cfg")], PORTS[system], PROXY_CPU, out)
-            return None
-
-        systems = args.systems.split(",") if args.systems else ["direct", "azgate", "azgate-token", "nginx", "haproxy"]
-        # Pass 1: throughput at fixed concurrency, CPU per 100k requests, peak RSS,
-        # 1-connection latency. Systems take turns, `--repeat` times; medians are reported,
-        # since a shared machine's speed drifts over minutes.
-        runs = {system: [] for system in systems}
+        for port in ("upstream-tls", "upstream-h2"):
+            wait_port(PORTS[port])
+        token = Proc("token", [sys.executable, str(ROOT / "bench" / "mock_token.py"), str(PORTS["token"])], PORTS["token"], LOAD_CPU, out)
+        # Pass 1: throughput at fixed concurrency and CPU per request, per scenario, client
+        # mode and system. Scenarios and systems take turns, `--repeat` rounds; medians are
+        # reported, since a shared machine's speed drifts over minutes.
+        runs = {}
+        data["round_loads"] = []
         for round_no in range(args.repeat):
-            for system in systems:
-                proc = start(system)
-                try:
-                    target = url(system)
-                    oha(target, "-z", "3s", "-c", str(args.connections))  # warm-up: pools, token cache
-                    cpu0 = proc.cpu_seconds() if proc else None
-                    ticks0 = cpu_ticks()
-                    tput = oha(target, "-z", f"{args.seconds}s", "-c", str(args.connections))
-                    stolen = steal_pct(ticks0, cpu_ticks())
-                    cpu1 = proc.cpu_seconds() if proc else None
-                    single = oha(target, "-z", f"{max(3, args.seconds // 2)}s", "-c", "1")
-                    runs[system].append({
-                        "rps": tput["rps"],
-                        "ok": tput["ok"],
-                        "total": tput["total"],
-                        "cpu_per_100k": None if proc is None or tput["total"] == 0 else (cpu1 - cpu0) / tput["total"] * 100_000,
-                        "peak_rss_mib": None if proc is None else proc.memory_kib("VmHWM") / 1024,
-                        "single_p50": single["p50"],
-                        "single_p99": single["p99"],
-                        "steal_pct": stolen,
-                    })
-                    log(f"round {round_no + 1}: {system}: {tput['rps']:.0f} req/s, 1-conn p50 {fmt_ms(single['p50'])} ms, steal {stolen:.0f}%")
-                finally:
-                    if proc:
-                        proc.stop()
-        for system, rounds in runs.items():
-            results[system] = {key: median([r[key] for r in rounds]) for key in rounds[0]}
-            results[system]["rounds_rps"] = [round(r["rps"]) for r in rounds]
-            results[system]["rounds_steal"] = [round(r["steal_pct"]) for r in rounds]
+            data["round_loads"].append(os.getloadavg()[0])
+            for scenario in scenarios:
+                for system in systems_of(scenario):
+                    proc = systems.start(system, scenario)
+                    try:
+                        target = url(system, scenario)
+                        # Warm-up: pools, token cache, TLS sessions.
+                        oha(target, "-z", f"{args.warmup}s", "-c", str(args.connections))
+                        for mode in modes:
+                            if mode == "close" and system == "azgate-token":
+                                continue  # the same connection handling as `azgate`; saves a run
+                            r = measure(proc, target, mode, args)
+                            if scenario.name == "plain" and mode == "keep-alive":
+                                single = oha(target, "-z", f"{max(3, args.seconds // 2)}s", "-c", "1")
+                                r["single_p50"] = single["p50"]
+                            runs.setdefault((scenario.name, mode, system), []).append(r)
+                            cpu = "–" if r["cpu_us"] is None else f"{r['cpu_us']:.1f}"
+                            log(f"round {round_no + 1}: {scenario.name} {mode} {system}: {r['rps']:.0f} req/s, "
+                                f"CPU {cpu} µs/req, steal {r['steal_pct']:.0f}%")
+                    finally:
+                        if proc:
+                            proc.stop()
+        data["runs"] = runs
+        data["results"] = {
+            key: dict({field: median([r.get(field) for r in rounds]) for field in rounds[0]},
+                      rounds_rps=[round(r["rps"]) for r in rounds],
+                      rounds_cpu=[None if r["cpu_us"] is None else round(r["cpu_us"], 1) for r in rounds],
+                      rounds_steal=[round(r["steal_pct"]) for r in rounds])
+            for key, rounds in runs.items()
+        }
         if args.quick:
-            return results, extra, 0
-        # Pass 2: latency at one fixed rate below every proxy's saturation.
-        slowest = min(results[s]["rps"] for s in systems if s != "direct")
-        rate = int(slowest * args.load_factor)
-        for system in systems:
-            proc = start(system)
-            try:
-                target = url(system)
-                oha(target, "-z", "2s", "-c", str(args.connections))
-                lat = oha(target, "-z", f"{args.seconds}s", "-c", str(args.connections), "-q", str(rate), "--latency-correction")
-                results[system].update({"p50": lat["p50"], "p99": lat["p99"], "p999": lat["p999"], "rate_ok": lat["ok"], "rate_total": lat["total"]})
-            finally:
-                if proc:
-                    proc.stop()
+            return data
+        # Pass 2: latency at one fixed rate per scenario, below every proxy's saturation:
+        # the main h2 scenario and the plain one. Interleaved rounds too: one system
+        # falling behind for a moment (another process on its CPU) queues for hundreds of
+        # milliseconds, which a single pass would report as its p99.
+        fixed = {}
+        rates = {}
+        for scenario in scenarios:
+            if scenario.name in ("https-h2", "plain") and "keep-alive" in modes:
+                names = systems_of(scenario)
+                slowest = min(data["results"][(scenario.name, "keep-alive", s)]["rps"] for s in names if s != "direct")
+                rates[scenario.name] = (scenario, names, max(1, int(slowest * args.load_factor)))
+        for _ in range(args.repeat):
+            for scenario, names, rate in rates.values():
+                for system in names:
+                    proc = systems.start(system, scenario)
+                    try:
+                        target = url(system, scenario)
+                        oha(target, "-z", f"{args.warmup}s", "-c", str(args.connections))
+                        lat = oha(target, "-z", f"{args.seconds}s", "-c", str(args.connections), "-q", str(rate), "--latency-correction")
+                        fixed.setdefault((scenario.name, system), []).append(dict(lat, rate=rate))
+                        log(f"fixed rate {rate}/s: {scenario.name} {system}: p99 {fmt_ms(lat['p99'])} ms")
+                    finally:
+                        if proc:
+                            proc.stop()
+        data["fixed"] = {
+            key: dict({field: median([r[field] for r in rounds]) for field in ("p50", "p99", "p999", "ok", "total", "errors")},
+                      rate=rounds[0]["rate"], rounds_p99=[r["p99"] for r in rounds])
+            for key, rounds in fixed.items()
+        }
+        if extras:
+            data["extra"] = azgate_alone(args, out, systems)
+    finally:
+        if token:
+            token.stop()
+        upstream.stop()
+    data["minutes"] = (time.time() - started) / 60
+    return data
 
-        # azgate alone: idle RSS, streaming, idle connections, cold burst.
-        proc = start("azgate")
+
+def azgate_alone(args, out, systems):
+    """Plain scenario, azgate only: idle RSS, streaming, idle connections, cold burst."""
+    extra = {}
+    plain = SCENARIOS["plain"]
+    proc = systems.start("azgate", plain)
+    try:
+        time.sleep(1)
+        extra["idle_rss_mib"] = proc.memory_kib("VmRSS") / 1024
+        for name, curl_args in [
+            ("download", ["http://127.0.0.1:%d/big"]),
+            ("upload", ["-T", str(out / "1g.bin"), "http://127.0.0.1:%d/sink"]),
+        ]:
+            # Direct and through azgate take turns, `--repeat` times; medians are
+            # reported, with each pair's ratio (the machine's speed drifts).
+            size = 1 << 30
+            pairs = []
+            for _ in range(args.repeat):
+                direct = curl_transfer([a.replace("%d", str(PORTS["upstream"])) if "%d" in a else a for a in curl_args])
+                via = curl_transfer([a.replace(":%d/", f":{PORTS['azgate']}/up/") if "%d" in a else a for a in curl_args])
+                moved = via[1] if name == "download" else via[2]
+                pairs.append((size / direct[3] / (1 << 20), size / via[3] / (1 << 20), via[0], moved == size))
+            extra[name] = {
+                "code": max(p[2] for p in pairs),
+                "bytes_ok": all(p[2] == 200 and p[3] for p in pairs),
+                "direct_mib_s": median([p[0] for p in pairs]),
+                "azgate_mib_s": median([p[1] for p in pairs]),
+                "ratios": [round(p[1] / p[0], 2) for p in pairs],
+                "ratio": median([p[1] / p[0] for p in pairs]),
+            }
+        extra["stream_peak_rss_mib"] = proc.memory_kib("VmHWM") / 1024
+        loop, writers = idle_connections(PORTS["azgate"], args.idle_connections)
         try:
-            time.sleep(1)
-            extra["idle_rss_mib"] = proc.memory_kib("VmRSS") / 1024
-            for name, curl_args in [
-                ("download", ["http://127.0.0.1:%d/big"]),
-                ("upload", ["-T", str(out / "1g.bin"), "http://127.0.0.1:%d/sink"]),
-            ]:
-                # Direct and through azgate take turns, `--repeat` times; medians are
-                # reported, with each pair's ratio (the machine's speed drifts).
-                size = 1 << 30
-                pairs = []
-                for _ in range(args.repeat):
-                    direct = curl_transfer([a.replace("%d", str(PORTS["upstream"])) if "%d" in a else a for a in curl_args])
-                    via = curl_transfer([a.replace(":%d/", f":{PORTS['azgate']}/up/") if "%d" in a else a for a in curl_args])
-                    moved = via[1] if name == "download" else via[2]
-                    pairs.append((size / direct[3] / (1 << 20), size / via[3] / (1 << 20), via[0], moved == size))
-                extra[name] = {
-                    "code": max(p[2] for p in pairs),
-                    "bytes_ok": all(p[2] == 200 and p[3] for p in pairs),
-                    "direct_mib_s": median([p[0] for p in pairs]),
-                    "azgate_mib_s": median([p[1] for p in pairs]),
-                    "ratios": [round(p[1] / p[0], 2) for p in pairs],
-                    "ratio": median([p[1] / p[0] for p in pairs]),
-                }
-            extra["stream_peak_rss_mib"] = proc.memory_kib("VmHWM") / 1024
-            loop, writers = idle_connections(PORTS["azgate"], args.idle_connections)
             time.sleep(2)
             extra["idle_conns"] = len(writers)
             extra["idle_conns_rss_mib"] = proc.memory_kib("VmRSS") / 1024
+        finally:
             for w in writers:
                 w.close()
             loop.close()
-        finally:
-            proc.stop()
-        before = int(run(["curl", "-s", f"http://127.0.0.1:{PORTS['token']}/count"]).stdout)
-        proc = start("azgate-token")
-        try:
-            burst = oha(url("azgate-token"), "-n", "1000", "-c", "1000")
-            after = int(run(["curl", "-s", f"http://127.0.0.1:{PORTS['token']}/count"]).stdout)
-            extra["burst"] = {"ok": burst["ok"], "total": burst["total"], "token_calls": after - before}
-        finally:
-            proc.stop()
     finally:
-        token.stop()
-        upstream.stop()
-    return results, extra, rate
+        proc.stop()
+    before = int(run(["curl", "-s", f"http://127.0.0.1:{PORTS['token']}/count"]).stdout)
+    proc = systems.start("azgate-token", plain)
+    try:
+        burst = oha(url("azgate-token", plain), "-n", "1000", "-c", "1000")
+        after = int(run(["curl", "-s", f"http://127.0.0.1:{PORTS['token']}/count"]).stdout)
+        extra["burst"] = {"ok": burst["ok"], "total": burst["total"], "token_calls": after - before}
+    finally:
+        proc.stop()
+    return extra
 
 
 def versions(binary):
@@ -498,157 +500,134 @@ def versions(binary):
         "haproxy": first_line(["haproxy", "-v"]),
         "oha": first_line(["oha", "--version"]),
         "curl": first_line(["curl", "--version"]),
+        "openssl": first_line(["openssl", "version"]),
         "rustc": first_line(["rustc", "--version"]),
     }
 
 
-def report(results, extra, rate, args, out):
-    binary = ROOT / "target" / "release" / "azgate"
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = [l.split(":", 1)[1].strip() for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")][0]
-    except (OSError, IndexError):
-        pass
-    lines = [
-        f"# azgate benchmark — {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        "",
-        f"Machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}. "
-        f"Proxies pinned to CPU {PROXY_CPU}; upstream (nginx, 1 worker) and load generator (oha) to CPU {LOAD_CPU}.",
-        "",
-        "Versions: " + "; ".join(f"{k}: {v}" for k, v in versions(binary).items()),
-        "",
-        f"Throughput: {args.connections} connections for {args.seconds} s after a 3 s warm-up. "
-        f"Latency: open loop at {rate} req/s ({args.load_factor:.0%} of the slowest proxy's throughput) with oha's latency correction.",
-        "",
-        "| system | req/s | vs nginx | vs HAProxy | p50 ms | p99 ms | p99.9 ms | 1-conn p50 ms | added p50 µs | CPU s / 100k | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    direct_p50 = results["direct"]["single_p50"] or 0
-    for system, r in results.items():
-        added = None if system == "direct" or r["single_p50"] is None else (r["single_p50"] - direct_p50) * 1e6
-        added_text = "–" if added is None else f"{added:.0f}"
-        cpu_text = "–" if r["cpu_per_100k"] is None else f"{r['cpu_per_100k']:.2f}"
-        rss_text = "–" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.1f}"
-        lines.append(
-            f"| {system} | {r['rps']:.0f} | {r['rps'] / results['nginx']['rps']:.2f} | {r['rps'] / results['haproxy']['rps']:.2f} "
-            f"| {fmt_ms(r.get('p50'))} | {fmt_ms(r.get('p99'))} | {fmt_ms(r.get('p999'))} | {fmt_ms(r['single_p50'])} "
-            f"| {added_text} | {cpu_text} | {rss_text} |"
-        )
-    errors = {s: (r["total"] - r["ok"], r.get("rate_total", 0) - r.get("rate_ok", 0)) for s, r in results.items()}
-    lines += [
-        "",
-        "Throughput per round (req/s, and the highest share of CPU time stolen by the hypervisor "
-        "on either CPU during it; rounds with steal are slower for reasons outside the systems):",
-        "",
-    ]
-    for system, r in results.items():
-        rounds = ", ".join(f"{rps} ({st}% steal)" for rps, st in zip(r["rounds_rps"], r["rounds_steal"]))
-        lines.append(f"- {system}: {rounds}")
-    lines += ["", "Non-2xx answers (throughput run, latency run): " + ", ".join(f"{s} {a}/{b}" for s, (a, b) in errors.items()), ""]
-    lines += [
-        "azgate alone:",
-        "",
-        f"- idle RSS after start: {extra['idle_rss_mib']:.1f} MiB",
-    ]
-    for name in ["download", "upload"]:
-        e = extra[name]
-        lines.append(
-            f"- 1 GiB {name}: {e['azgate_mib_s']:.0f} MiB/s through azgate vs {e['direct_mib_s']:.0f} MiB/s direct "
-            f"(median of the turns' ratios {e['ratio']:.0%}, per turn {e['ratios']}; speeds are medians of {len(e['ratios'])} turns), "
-            f"status {e['code']}, all bytes: {e['bytes_ok']}"
-        )
-    lines += [
-        f"- peak RSS while streaming 1 GiB each way: {extra['stream_peak_rss_mib']:.1f} MiB",
-        f"- {extra['idle_conns']} idle keep-alive connections: RSS {extra['idle_conns_rss_mib']:.1f} MiB",
-        f"- cold burst of {extra['burst']['total']} concurrent requests ({extra['burst']['ok']} answered 2xx): "
-        f"{extra['burst']['token_calls']} token-endpoint call(s)",
-        "",
-        "Commands (in order):",
-        "",
-        "```",
-        *COMMANDS,
-        "```",
-        "",
-        f"Peer configs: {out}/conf/ (nginx-upstream.conf, nginx-proxy.conf, haproxy.cfg, azgate-*.toml).",
-    ]
-    text = "\n".join(lines) + "\n"
-    (out / "results.md").write_text(text)
-    return text
-
-
 # ---------------------------------------------------------------------------
-# smoke mode: azgate in front of an in-process Python upstream, a few requests
+# smoke mode: azgate in front of in-process Python upstreams, a few requests
 
 
-def smoke(out):
-    class Up(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # Headers and body are two writes: without this, Nagle + delayed ACK add 40 ms.
-        disable_nagle_algorithm = True
+class SmokeUpstream(http.server.BaseHTTPRequestHandler):
+    """Answers with the Authorization header it received."""
 
-        def log_message(self, *a):
-            pass
+    protocol_version = "HTTP/1.1"
+    # Headers and body are two writes: without this, Nagle + delayed ACK add 40 ms.
+    disable_nagle_algorithm = True
 
-        def do_GET(self):
-            body = json.dumps({"authorization": self.headers.get("authorization")}).encode()
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def log_message(self, *a):
+        pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Up)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    up_port = server.server_address[1]
+    def do_GET(self):
+        body = json.dumps({"authorization": self.headers.get("authorization")}).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        gw_port = s.getsockname()[1]
-    conf = azgate_conf(gw_port, STATIC_CREDENTIAL).replace(f"127.0.0.1:{PORTS['upstream']}", f"127.0.0.1:{up_port}")
-    (out / "azgate-smoke.toml").write_text(conf)
-    binary = ROOT / "target" / "debug" / "azgate"
-    if not binary.exists():
-        subprocess.run(["cargo", "build", "--quiet"], check=True, cwd=ROOT)
-    proc = subprocess.Popen([str(binary), "serve", "-c", str(out / "azgate-smoke.toml")], stderr=subprocess.DEVNULL)
-    try:
-        wait_port(gw_port)
-        import urllib.request
+        return s.getsockname()[1]
 
+
+def smoke_one(binary, conf, gw_url, requests, context=None):
+    """Starts azgate with `conf`, sends `requests` GETs, checks the injected bearer."""
+    port = int(gw_url.split(":")[2].split("/")[0])
+    proc = subprocess.Popen([str(binary), "serve", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
         started = time.time()
-        for _ in range(200):
-            with urllib.request.urlopen(f"http://127.0.0.1:{gw_port}/up/x") as r:
+        for _ in range(requests):
+            with urllib.request.urlopen(gw_url, context=context, timeout=10) as r:
                 seen = json.loads(r.read())
                 assert seen["authorization"] == BEARER, seen
-        took = time.time() - started
-        print(f"smoke: 200 requests through azgate in {took:.2f} s, bearer injected")
+        return time.time() - started
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        server.shutdown()
+
+
+def smoke(out):
+    binary = ROOT / "target" / "debug" / "azgate"
+    if not binary.exists():
+        subprocess.run(["cargo", "build", "--quiet"], check=True, cwd=ROOT)
+    servers = []
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SmokeUpstream)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        gw_port = free_port()
+        plain = Scenario("smoke", "smoke", "http", False, ("azgate",))
+        conf = out / "azgate-smoke.toml"
+        conf.write_text(azgate_conf(gw_port, STATIC_CREDENTIAL, plain, upstream_port=server.server_address[1]))
+        took = smoke_one(binary, conf, f"http://127.0.0.1:{gw_port}/up/x", 200)
+        print(f"smoke: 200 requests through azgate in {took:.2f} s, bearer injected")
+
+        if not have("openssl"):
+            print("smoke: HTTPS part skipped: no openssl to make certificates")
+            return
+        # The HTTPS shape: certificates made as the full run makes them, an HTTPS upstream
+        # trusted through the route's `ca_file`, and azgate's own listener on HTTPS.
+        certs = make_certs(out / "certs")
+        tls_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SmokeUpstream)
+        servers.append(tls_server)
+        upstream_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        upstream_ctx.load_cert_chain(certs.cert, certs.key)
+        tls_server.socket = upstream_ctx.wrap_socket(tls_server.socket, server_side=True)
+        threading.Thread(target=tls_server.serve_forever, daemon=True).start()
+        gw_port = free_port()
+        tls = Scenario("smoke-tls", "smoke", "https-h1", True, ("azgate",))
+        conf = out / "azgate-smoke-tls.toml"
+        conf.write_text(azgate_conf(gw_port, STATIC_CREDENTIAL, tls, certs, upstream_port=tls_server.server_address[1]))
+        took = smoke_one(binary, conf, f"https://127.0.0.1:{gw_port}/up/x", 50, ssl.create_default_context(cafile=certs.ca))
+        print(f"smoke: 50 requests over HTTPS through azgate to an HTTPS upstream (ca_file) in {took:.2f} s, bearer injected")
+    finally:
+        for server in servers:
+            server.shutdown()
+
+
+def on_signal(signum, _frame):
+    # Unwinds through every `finally`, which stops what was started.
+    raise SystemExit(128 + signum)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a few seconds, no peers")
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=8, help="length of each measured run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of load before measuring, per system and round")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--idle-connections", type=int, default=10_000)
     parser.add_argument("--load-factor", type=float, default=0.5)
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the throughput pass (medians are reported)")
     parser.add_argument("--quick", action="store_true", help="throughput pass only (for iterating on optimisations)")
     parser.add_argument("--before-bin", help="an earlier azgate binary, run as system `azgate-before`")
-    parser.add_argument("--systems", help="comma-separated subset of direct,azgate,azgate-token,nginx,haproxy")
+    parser.add_argument("--systems", help="comma-separated subset of direct,azgate,azgate-before,azgate-token,nginx,haproxy "
+                        "(default: each scenario's own)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--modes", default=",".join(MODES), help="client modes: keep-alive, close (a new connection per request)")
+    parser.add_argument("--wait-load", type=float, help="first wait until the 1-minute load average is below this")
+    parser.add_argument("--wait-max", type=int, default=600, help="seconds to wait for --wait-load at most")
     args = parser.parse_args()
+    for name in args.scenarios.split(","):
+        if name not in SCENARIOS:
+            parser.error(f"unknown scenario {name!r}")
+    for mode in args.modes.split(","):
+        if mode not in MODES:
+            parser.error(f"unknown client mode {mode!r}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     out = ROOT / "bench" / "out" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         smoke(out)
         return
-    results, extra, rate = full(args, out)
-    if args.quick:
-        for system, r in results.items():
-            cpu = "–" if r["cpu_per_100k"] is None else f"{r['cpu_per_100k']:.2f}"
-            print(f"{system:14} {r['rps']:9.0f} req/s (rounds {r['rounds_rps']}, steal % {r['rounds_steal']})  1-conn p50 {fmt_ms(r['single_p50'])} ms  CPU s/100k {cpu}")
-        return
-    print(report(results, extra, rate, args, out))
+    data = full(args, out)
+    text = report.write(data, args, out, versions(ROOT / "target" / "release" / "azgate"), COMMANDS)
+    print(text)
     log(f"written to {out / 'results.md'}")
 
 
