@@ -240,6 +240,38 @@ async fn token_waits_and_fetches_are_spans_and_no_secret_reaches_any_span() {
 }
 
 #[tokio::test]
+async fn a_failed_token_fetch_marks_its_span() {
+    let collector = Collector::start().await;
+    let upstream = Scripted::start(vec![reply(200)]).await;
+    // Nothing answers the token endpoint.
+    let (_held, port) = support::refused_port();
+    let routes = support::entra::arm_route(
+        &format!("http://127.0.0.1:{port}/token"),
+        &upstream.url,
+        "timeout = \"2s\"",
+    );
+    let gw = start(&collector, &routes, "").await;
+    let response = client()
+        .get(format!("{}/arm/subscriptions", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    gw.stop().await;
+
+    let spans = collector.spans();
+    let fetch = spans
+        .iter()
+        .find(|s| s.name == "token fetch")
+        .unwrap_or_else(|| panic!("no token fetch span in {spans:#?}"));
+    assert_eq!(fetch.attr("error.type"), Some("credential_unavailable"));
+    assert_eq!(
+        one(&spans, "GET /arm").attr("error.type"),
+        Some("credential_unavailable")
+    );
+}
+
+#[tokio::test]
 async fn a_wait_in_a_throttle_hold_is_a_span() {
     let collector = Collector::start().await;
     let upstream =

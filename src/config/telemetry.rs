@@ -72,16 +72,41 @@ pub fn validate(raw: RawTelemetry, problems: &mut Problems) -> TelemetryConfig {
     }
 }
 
-/// An `http` or `https` URL with a host: where an OTLP/HTTP collector listens.
+/// An `http` or `https` URL with a host: where an OTLP/HTTP collector listens. No user
+/// name or password (they would be printed where spans go, and OTLP/HTTP sends none of
+/// them: credentials go in headers) and no query (the signal path is appended).
 pub fn endpoint(text: &str) -> Result<Uri, String> {
+    let shown = without_userinfo(text);
     let uri: Uri = text
         .parse()
-        .map_err(|err| format!("\"{text}\" is not a URL: {err}"))?;
+        .map_err(|err| format!("\"{shown}\" is not a URL: {err}"))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "\"{shown}\" carries a user name or password; put credentials in otlp_headers (or OTEL_EXPORTER_OTLP_HEADERS), never in the URL"
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(format!(
+            "\"{shown}\" has a query; an OTLP/HTTP endpoint is a plain URL (/v1/traces is added to it)"
+        ));
+    }
     match (uri.scheme_str(), uri.host()) {
         (Some("http" | "https"), Some(_)) => Ok(uri),
         _ => Err(format!(
-            "\"{text}\" is not an http:// or https:// URL of a collector (OTLP/HTTP, port 4318 by default)"
+            "\"{shown}\" is not an http:// or https:// URL of a collector (OTLP/HTTP, port 4318 by default)"
         )),
+    }
+}
+
+/// `text` with anything before an `@` in its authority replaced, for messages.
+fn without_userinfo(text: &str) -> String {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let authority_end = text[start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| start + i);
+    match text[start..authority_end].rfind('@') {
+        Some(at) => format!("{}…{}", &text[..start], &text[start + at..]),
+        None => text.to_string(),
     }
 }
 
@@ -119,6 +144,24 @@ mod tests {
         ] {
             assert!(problems.iter().any(|p| p.starts_with(key)), "{problems:?}");
         }
+    }
+
+    #[test]
+    fn endpoints_with_a_password_or_a_query_are_refused_without_printing_the_password() {
+        for (text, says) in [
+            (
+                "http://user:S3cretPw@collector:4318",
+                "user name or password",
+            ),
+            ("http://S3cretPw@collector:4318/", "user name or password"),
+            ("http://collector:4318?x=1", "has a query"),
+        ] {
+            let why = endpoint(text).unwrap_err();
+            assert!(why.contains(says), "{why}");
+            assert!(!why.contains("S3cretPw"), "{why}");
+        }
+        assert!(endpoint("http://collector:4318").is_ok());
+        assert!(endpoint("https://otel.example/base/").is_ok());
     }
 
     #[test]

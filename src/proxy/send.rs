@@ -91,11 +91,11 @@ pub struct RequestFacts<'a> {
 /// the request, when it is traced and the route has a credential: a token fetch it starts
 /// opens its span under it.
 pub async fn wait_for_token<T>(
-    trace: Option<&RequestTrace>,
+    trace: &RequestTrace,
     route: &Route,
     waiting: impl Future<Output = T>,
 ) -> T {
-    let (Some(trace), Some(credential)) = (trace, &route.credential) else {
+    let Some(credential) = &route.credential else {
         return waiting.await;
     };
     let wait = trace.child(
@@ -105,7 +105,8 @@ pub async fn wait_for_token<T>(
             credential.name().to_string(),
         )],
     );
-    let result = waiting.with_context(wait.context().clone()).await;
+    // Boxed, so the untraced path's future stays the size it was (see `Proxy::handle`).
+    let result = Box::pin(waiting.with_context(wait.context().clone())).await;
     wait.end();
     result
 }
@@ -234,7 +235,11 @@ pub async fn send_with_retry(
                 "upstream refused the credential: replaying once with a new one"
             );
             credential_replayed = true;
-            authorization = match wait_for_token(trace, route, authorize(route, scope)).await {
+            let replayed = match trace {
+                Some(trace) => wait_for_token(trace, route, authorize(route, scope)).await,
+                None => authorize(route, scope).await,
+            };
+            authorization = match replayed {
                 Ok(authorization) => authorization,
                 Err(err) => return finish(Err(err), attempts, started, authorization),
             };

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use opentelemetry::KeyValue;
+use opentelemetry::trace::Span as _;
 use tokio::time::Instant;
 
 use super::token::{FetchError, SourceStep, Token, TokenSource};
@@ -235,7 +236,7 @@ impl TokenCache {
         // The traced request that needs the token, if any: the fetch's span goes under it.
         let parent = crate::trace::Parent::current();
         let task = tokio::spawn(async move {
-            let _span = parent.and_then(|parent| {
+            let mut span = parent.and_then(|parent| {
                 parent.span(
                     "token fetch",
                     vec![
@@ -251,6 +252,14 @@ impl TokenCache {
                     FETCH_TIMEOUT.as_secs()
                 ))),
             };
+            // A failed fetch marks its span, with azgate's code but not the source's
+            // message (an identity provider's text is not for a trace backend).
+            if let (Some(span), Err(_)) = (span.as_mut(), &result) {
+                span.set_attribute(KeyValue::new("error.type", "credential_unavailable"));
+                span.set_status(opentelemetry::trace::Status::error(
+                    "the token fetch failed",
+                ));
+            }
             cache.complete(result)
         });
         let fetch = async move {
