@@ -37,8 +37,10 @@ use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 
 use self::access_log::AccessLog;
-use self::body::{ProxyBody, ResponseBody};
+use self::body::ProxyBody;
+pub use self::body::ResponseBody;
 use self::error::ProxyError;
+pub use self::inbound::body::BodyReadGuard;
 use self::inbound::body::InboundBody;
 use self::prepare::UpstreamRequest;
 use self::replay::ReplayBody;
@@ -200,7 +202,9 @@ async fn forward(
     let deadline = tokio::time::Instant::now() + route.config.timeout;
     let scope = route.token_scope(request.uri().path());
     let authorization = send::authorize_until(route, scope.as_ref(), deadline).await?;
-    let (parts, incoming) = request.into_parts();
+    let (mut parts, incoming) = request.into_parts();
+    // Moves with the body, not the head the upstream requests are built from.
+    let reading = parts.extensions.remove::<BodyReadGuard>();
     let hop = forwarded::ClientHop {
         peer: conn.peer.ip(),
         peer_trusted: admitted.peer_trusted,
@@ -215,6 +219,7 @@ async fn forward(
     let template = UpstreamRequest::new(parts, route, request_id, &hop);
     let incoming = InboundBody::new(
         incoming,
+        reading,
         log.bytes_in.clone(),
         route.config.max_body,
         gateway.config.server.body_idle_timeout,

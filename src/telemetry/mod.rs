@@ -79,6 +79,8 @@ pub struct Telemetry {
     throttled: Family<RouteOutcome, Counter>,
     ratelimit_remaining: Family<HeaderLabels, Gauge>,
     connections: Gauge,
+    /// Open connections waiting for a request with no HTTP state held.
+    idle_connections: Gauge,
     handshake_failures: Family<HandshakeLabels, Counter>,
     certificate_expiry: Family<ListenerLabel, Gauge<f64, AtomicU64>>,
     scraped: Source,
@@ -110,6 +112,7 @@ impl Telemetry {
         let retries = Family::<RetryLabels, Counter>::default();
         let reloads = Family::<OutcomeLabel, Counter>::default();
         let connections = Gauge::default();
+        let idle_connections = Gauge::default();
         let failovers = Family::<CredentialLabel, Counter>::default();
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
         let certificate_expiry = Family::<ListenerLabel, Gauge<f64, AtomicU64>>::default();
@@ -151,6 +154,11 @@ impl Telemetry {
             "connections_open",
             "Client connections open",
             Listed(connections.clone()),
+        );
+        registry.register(
+            "connections_idle",
+            "Client connections waiting for a request, holding no HTTP buffers",
+            Listed(idle_connections.clone()),
         );
         registry.register(
             "key_failovers",
@@ -214,6 +222,7 @@ impl Telemetry {
             throttled,
             ratelimit_remaining,
             connections,
+            idle_connections,
             handshake_failures,
             certificate_expiry,
             scraped,
@@ -248,6 +257,13 @@ impl Telemetry {
     pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
         self.connections.inc();
         ConnectionGuard(self.clone())
+    }
+
+    /// Counts a client connection as idle (parked, or not yet sent a byte) until the guard
+    /// drops.
+    pub fn idle_connection(self: &Arc<Self>) -> IdleGuard {
+        self.idle_connections.inc();
+        IdleGuard(self.clone())
     }
 
     /// Records a finished request (from the access log).
@@ -434,6 +450,15 @@ pub struct ConnectionGuard(Arc<Telemetry>);
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.connections.dec();
+    }
+}
+
+#[derive(Debug)]
+pub struct IdleGuard(Arc<Telemetry>);
+
+impl Drop for IdleGuard {
+    fn drop(&mut self) {
+        self.0.idle_connections.dec();
     }
 }
 
