@@ -360,3 +360,23 @@ where
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_body_keeps_the_connection_busy_until_it_is_read() {
+        let activity = Arc::new(Activity::default());
+        let response = activity.begin(Version::HTTP_11);
+        let body = activity.reading();
+        assert_eq!(activity.busy.load(Ordering::Acquire), 2);
+        drop(response);
+        // The exchange is over, but hyper may still read the body: not idle, no new wait.
+        assert_eq!(activity.finished.load(Ordering::Acquire), 1);
+        assert_eq!(activity.busy.load(Ordering::Acquire), 1);
+        drop(body);
+        assert_eq!(activity.finished.load(Ordering::Acquire), 1);
+        assert_eq!(activity.busy.load(Ordering::Acquire), 0);
+    }
+}
