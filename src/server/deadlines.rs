@@ -17,6 +17,12 @@ use tokio::time::{Instant, Sleep};
 
 use super::connection::{Activity, HTTP2};
 
+/// How long an HTTP/1.1 connection waits for its next request before hyper lets it go.
+/// Parking and unparking cost about as much as a request (hyper's connection and buffers
+/// are built again): a client sending request after request never waits this long, while
+/// an idle connection gives its buffers back almost at once.
+const PARK_AFTER: Duration = Duration::from_millis(100);
+
 /// The deadlines of an HTTP/1.1 connection (and of any connection before its first
 /// request), kept on its reads, because hyper's header timeout starts when the connection
 /// turns idle and so cannot tell a keep-alive wait from a slow request head:
@@ -30,7 +36,7 @@ use super::connection::{Activity, HTTP2};
 ///
 /// It also tells hyper's HTTP/1.1 connection when to let go of the stream (`parkable`):
 /// once an exchange is over, hyper has flushed all it wrote, no request head has begun and
-/// the socket has nothing to read, a read returns end-of-stream instead of waiting. hyper
+/// the socket has had nothing to read for `PARK_AFTER`, a read returns end-of-stream. hyper
 /// then ends that connection cleanly (or, with part of a pipelined head in its buffer,
 /// with an incomplete-message error) and hands back the stream and its unread bytes, and
 /// the wait for the next request holds none of its buffers.
@@ -111,17 +117,16 @@ impl<S> Deadlines<S> {
             return Poll::Ready(Ok(()));
         }
         match self.deadline(false, cx) {
-            Some(deadline) => self.poll_deadline(deadline, cx),
+            Some(deadline) => match self.poll_timer(deadline, cx) {
+                Poll::Ready(()) => Poll::Ready(Err(self.timed_out())),
+                Poll::Pending => Poll::Pending,
+            },
             None => Poll::Pending,
         }
     }
 
-    /// Polls the timer for `deadline`: an error once it has passed.
-    fn poll_deadline(
-        &mut self,
-        deadline: Instant,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    /// Polls the timer for `deadline`: ready once it has passed.
+    fn poll_timer(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
         let sleep = match &mut self.sleep {
             Some(sleep) => {
                 if sleep.deadline() != deadline {
@@ -133,15 +138,16 @@ impl<S> Deadlines<S> {
                 .sleep
                 .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
-        if sleep.as_mut().poll(cx).is_ready() {
-            let what = if self.head_since.is_some() {
-                "the client did not finish its request head within the header timeout"
-            } else {
-                "the connection sat idle past its timeout"
-            };
-            return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, what)));
-        }
-        Poll::Pending
+        sleep.as_mut().poll(cx)
+    }
+
+    fn timed_out(&self) -> std::io::Error {
+        let what = if self.head_since.is_some() {
+            "the client did not finish its request head within the header timeout"
+        } else {
+            "the connection sat idle past its timeout"
+        };
+        std::io::Error::new(std::io::ErrorKind::TimedOut, what)
     }
 
     /// The deadline now in force, if any, after a read that returned `got_data`.
@@ -198,14 +204,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
         let Some(deadline) = deadline else {
             return polled;
         };
-        // Between requests, with nothing of hyper's left to send: let hyper go (see above).
-        if self.parkable && !self.first && self.head_since.is_none() && !self.unflushed {
-            self.parked = true;
-            return Poll::Ready(Ok(()));
-        }
-        match self.poll_deadline(deadline, cx) {
-            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            _ => polled,
+        // Between requests, with nothing of hyper's left to send, and quiet for a while:
+        // let hyper go (see above). The same timer serves both deadlines.
+        let park_at =
+            (self.parkable && !self.first && self.head_since.is_none() && !self.unflushed)
+                .then(|| self.waiting_since + PARK_AFTER)
+                .filter(|park_at| *park_at < deadline);
+        match self.poll_timer(park_at.unwrap_or(deadline), cx) {
+            Poll::Ready(()) if park_at.is_some() => {
+                self.parked = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(()) => Poll::Ready(Err(self.timed_out())),
+            Poll::Pending => polled,
         }
     }
 }

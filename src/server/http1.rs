@@ -4,7 +4,7 @@
 //! parser state and the boxed service future (together about 30 KiB) are freed.
 //!
 //! `Deadlines` decides when hyper lets go (the exchange is over, everything written is
-//! flushed, no head has begun, the socket is empty) and keeps the deadlines across the
+//! flushed, no head has begun, the client quiet for 100 ms) and keeps the deadlines across the
 //! handover: the keep-alive idle timeout runs on while parked, the header timeout from a
 //! head's first byte. Bytes hyper read but did not parse (part of a pipelined request)
 //! come back with the stream and are read again first.
