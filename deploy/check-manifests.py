@@ -40,7 +40,9 @@ def seconds(text):
 
 
 # Measured with deploy/measure-connection-memory.py on a release build (README, "Sizing"):
-# 37.9 KiB per idle keep-alive connection, 44.2 KiB with TLS, ~21 MiB at rest. Rounded up.
+# 37.9 KiB per keep-alive connection, 44.2 KiB with TLS, ~21 MiB at rest. Rounded up. Idle
+# HTTP/1.1 connections now cost 9.7 KiB (13.5 KiB TLS, bench/idle_memory.py), but one that
+# carries a request holds hyper's buffers again: the rule sizes for every connection busy.
 MIB = 1024 * 1024
 BASE_MEMORY = 32 * MIB
 PER_CONNECTION = 40 * 1024

@@ -38,8 +38,10 @@ use hyper::body::Incoming;
 use opentelemetry::context::FutureExt as _;
 
 use self::access_log::AccessLog;
-use self::body::{ProxyBody, ResponseBody};
+use self::body::ProxyBody;
+pub use self::body::ResponseBody;
 use self::error::ProxyError;
+pub use self::inbound::body::BodyReadGuard;
 use self::inbound::body::InboundBody;
 use self::prepare::UpstreamRequest;
 use self::replay::ReplayBody;
@@ -260,7 +262,9 @@ async fn forward(
         }
         None => send::authorize_until(route, scope.as_ref(), deadline).await?,
     };
-    let (parts, incoming) = request.into_parts();
+    let (mut parts, incoming) = request.into_parts();
+    // Moves with the body, not the head the upstream requests are built from.
+    let reading = parts.extensions.remove::<BodyReadGuard>();
     let hop = forwarded::ClientHop {
         peer: conn.peer.ip(),
         peer_trusted: admitted.peer_trusted,
@@ -275,6 +279,7 @@ async fn forward(
     let template = UpstreamRequest::new(parts, route, request_id, &hop);
     let incoming = InboundBody::new(
         incoming,
+        reading,
         log.bytes_in.clone(),
         route.config.max_body,
         gateway.config.server.body_idle_timeout,

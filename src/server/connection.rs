@@ -1,7 +1,11 @@
-//! One client connection after accept (and the TLS handshake): HTTP/1.1 or HTTP/2 served
-//! by hyper-util's auto builder, the deadlines hyper does not keep the way azgate needs
-//! them (`deadlines.rs`: the wait for a request, the request head, keep-alive idle), and
-//! the connection's part in the drain (go away when the server drains, stop when cut).
+//! One client connection after accept (and the TLS handshake): HTTP/1.1 (`http1.rs`) or
+//! HTTP/2, told apart by the first bytes as hyper-util's auto builder does; the deadlines
+//! hyper does not keep the way azgate needs them (`deadlines.rs`: the wait for a request,
+//! the request head, keep-alive idle), and the connection's part in the drain (go away
+//! when the server drains, stop when cut).
+//!
+//! Nothing of hyper's is built until the first bytes arrive, and HTTP/1.1 connections
+//! drop it again between requests: an idle connection costs its task and socket only.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,19 +17,27 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use http::{HeaderValue, Request, Version, header};
+use http::{HeaderValue, Request, Response, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{Notify, watch};
 use tokio_util::task::TaskTracker;
 
-use super::deadlines::Deadlines;
+use super::deadlines::{Deadlines, ReadReady};
 use super::lifecycle::{Phase, reached};
 use super::listener::Shared;
-use crate::proxy::ConnInfo;
+use crate::proxy::{BodyReadGuard, ConnInfo, ResponseBody};
+
+/// What the service answers a request with. Boxed: hyper's HTTP/1.1 connection can only
+/// hand back its stream (`http1.rs`) with a service whose future is `Unpin`.
+pub(super) type Answer =
+    Pin<Box<dyn Future<Output = Result<Response<Tracked<ResponseBody>>, Infallible>> + Send>>;
+
+/// The first bytes of an HTTP/2 connection with prior knowledge.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one connection until it closes, the drain closes it, or the server is cut (the
 /// caller drops this future then).
@@ -35,25 +47,33 @@ pub(super) async fn serve_http<S>(
     shared: &Shared,
     mut phase: watch::Receiver<Phase>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let peer = conn.peer;
     let activity = Arc::new(Activity::default());
-    let io = TokioIo::new(Deadlines::new(
+    let mut io = Deadlines::new(
         stream,
         activity.clone(),
         shared.handshake_timeout,
         shared.idle_timeout,
-    ));
+    );
     let service = {
         let proxy = shared.proxy.clone();
         let conn = Arc::new(conn);
         let (activity, phase) = (activity.clone(), phase.clone());
-        service_fn(move |request: Request<Incoming>| {
+        service_fn(move |mut request: Request<Incoming>| {
             let (proxy, conn, phase) = (proxy.clone(), conn.clone(), phase.clone());
             let http1 = request.version() < Version::HTTP_2;
             let busy = activity.begin(request.version());
-            async move {
+            // hyper reads an HTTP/1.1 body for as long as the proxy does, which may outlast
+            // the response: the connection is busy (not to be parked) until it ends.
+            if http1 && !request.body().is_end_stream() {
+                let reading = activity.reading();
+                request
+                    .extensions_mut()
+                    .insert(BodyReadGuard(Arc::new(reading)));
+            }
+            Box::pin(async move {
                 let mut response = proxy.handle(request, &conn).await;
                 // From SIGTERM on, every HTTP/1.1 response tells the client to reconnect
                 // (to a replica that stays). The connection loop also asks hyper to close,
@@ -64,23 +84,40 @@ pub(super) async fn serve_http<S>(
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 Ok::<_, Infallible>(response.map(|inner| Tracked { inner, _busy: busy }))
-            }
+            }) as Answer
         })
     };
-    let connection = shared.builder.serve_connection(io, service);
-    tokio::pin!(connection);
+    let sniffed = {
+        let _idle = shared.telemetry.idle_connection();
+        tokio::select! {
+            sniffed = sniff(&mut io) => sniffed,
+            // Closing before the first request: nothing to finish.
+            () = go_away_due(&mut phase, &activity, shared.idle_timeout) => return,
+        }
+    };
+    let h2 = match sniffed {
+        Ok(Some(h2)) => h2,
+        // Closed before sending anything.
+        Ok(None) => return,
+        Err(err) => return connection_failed(shared, peer, &err),
+    };
+    if !h2 {
+        return super::http1::serve(io, service, shared, peer, phase, &activity).await;
+    }
+    // Boxed: the task keeps its (small) size for the connection's whole life.
+    let connection = Box::pin(shared.http2.serve_connection(TokioIo::new(io), service));
+    let mut connection = connection;
     let mut asked_to_go = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
-                    connection_failed(shared, peer, &*err);
+                    connection_failed(shared, peer, &err);
                 }
                 return;
             }
             () = go_away_due(&mut phase, &activity, shared.idle_timeout), if !asked_to_go => {
-                // HTTP/1.1: an idle connection closes now, a busy one after its response
-                // (with `Connection: close`); HTTP/2: GOAWAY, open streams finish.
+                // GOAWAY: open streams finish.
                 connection.as_mut().graceful_shutdown();
                 asked_to_go = true;
             }
@@ -88,10 +125,34 @@ pub(super) async fn serve_http<S>(
     }
 }
 
+/// Reads the connection's first bytes, up to the length of HTTP/2's preface or the first
+/// byte that differs from it, and puts them back to be read again. `Some(true)` for
+/// HTTP/2 with prior knowledge, `Some(false)` for HTTP/1.1, `None` when the client closed
+/// without a byte. Bounded by the deadline for a first request (`Deadlines`).
+async fn sniff<S: AsyncRead + Unpin>(io: &mut Deadlines<S>) -> std::io::Result<Option<bool>> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    let mut h2 = true;
+    while filled < first.len() {
+        let n = io.read(&mut first[filled..]).await?;
+        if n == 0 || first[filled..filled + n] != H2_PREFACE[filled..filled + n] {
+            h2 = false;
+            filled += n;
+            break;
+        }
+        filled += n;
+    }
+    if filled == 0 {
+        return Ok(None);
+    }
+    io.unread(Bytes::copy_from_slice(&first[..filled]));
+    Ok(Some(h2))
+}
+
 /// How a connection's error is reported: a head hyper's parser refused (it answered 431
 /// itself; HTTP/1.1 only, HTTP/2 refuses per stream, unseen) is counted and summarised,
 /// anything else (a reset, a deadline) is a debug line.
-fn connection_failed(
+pub(super) fn connection_failed(
     shared: &Shared,
     peer: std::net::SocketAddr,
     err: &(dyn std::error::Error + Send + Sync + 'static),
@@ -111,7 +172,7 @@ fn connection_failed(
 /// connection has carried a request (one that has not, e.g. just accepted, is asked right
 /// after its first request arrives, so that request is still served); the server is
 /// closing; or an HTTP/2 connection has had no stream open for `idle_timeout`.
-async fn go_away_due(
+pub(super) async fn go_away_due(
     phase: &mut watch::Receiver<Phase>,
     activity: &Activity,
     idle_timeout: Duration,
@@ -142,7 +203,7 @@ pub(super) const HTTP2: u8 = 2;
 /// responses end), its deadlines and its drain.
 #[derive(Default)]
 pub(super) struct Activity {
-    /// Requests whose response has not finished.
+    /// Requests whose response has not finished, and HTTP/1.1 request bodies still read.
     pub(super) busy: AtomicUsize,
     /// Requests finished so far; a change tells the deadlines a new wait began.
     pub(super) finished: AtomicU64,
@@ -177,7 +238,19 @@ impl Activity {
         if first || (was_idle && self.protocol() == HTTP2) {
             self.changed.notify_waiters();
         }
-        BusyGuard(self.clone())
+        BusyGuard {
+            activity: self.clone(),
+            response: true,
+        }
+    }
+
+    /// Counts an HTTP/1.1 request body as busy until the guard drops (see the service).
+    fn reading(self: &Arc<Self>) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        BusyGuard {
+            activity: self.clone(),
+            response: false,
+        }
     }
 
     /// Resolves once `done` holds; checked again on every change.
@@ -211,13 +284,20 @@ impl Activity {
     }
 }
 
-/// Held by a response body: the request counts as busy until its response is finished.
-struct BusyGuard(Arc<Activity>);
+/// Held by a response body (or an HTTP/1.1 request body): the request counts as busy
+/// until its response is finished (and its body read).
+pub(super) struct BusyGuard {
+    activity: Arc<Activity>,
+    /// A response's guard: its end ends an exchange.
+    response: bool,
+}
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        let activity = &self.0;
-        activity.finished.fetch_add(1, Ordering::AcqRel);
+        let activity = &self.activity;
+        if self.response {
+            activity.finished.fetch_add(1, Ordering::AcqRel);
+        }
         let now_idle = activity.busy.fetch_sub(1, Ordering::AcqRel) == 1;
         if now_idle {
             if activity.protocol() == HTTP2 {
@@ -278,5 +358,25 @@ where
                 () = reached(&mut phase, Phase::Cut) => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_body_keeps_the_connection_busy_until_it_is_read() {
+        let activity = Arc::new(Activity::default());
+        let response = activity.begin(Version::HTTP_11);
+        let body = activity.reading();
+        assert_eq!(activity.busy.load(Ordering::Acquire), 2);
+        drop(response);
+        // The exchange is over, but hyper may still read the body: not idle, no new wait.
+        assert_eq!(activity.finished.load(Ordering::Acquire), 1);
+        assert_eq!(activity.busy.load(Ordering::Acquire), 1);
+        drop(body);
+        assert_eq!(activity.finished.load(Ordering::Acquire), 1);
+        assert_eq!(activity.busy.load(Ordering::Acquire), 0);
     }
 }

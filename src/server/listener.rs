@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::TokioTimer;
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
@@ -91,7 +91,8 @@ impl Connections {
 
 /// What a connection task needs, shared by all of them.
 pub(super) struct Shared {
-    pub(super) builder: auto::Builder<StreamExecutor>,
+    pub(super) http1: http1::Builder,
+    pub(super) http2: http2::Builder<StreamExecutor>,
     pub(super) proxy: Proxy,
     tls: Option<Arc<TlsTerminator>>,
     pub(super) handshake_timeout: Duration,
@@ -110,27 +111,27 @@ pub async fn accept_until(
 ) -> Connections {
     let head_limit = parser_head_limit(settings.max_header_bytes);
     let tasks = TaskTracker::new();
-    let mut builder = auto::Builder::new(StreamExecutor {
-        tasks: tasks.clone(),
-        phase: phase.clone(),
-    });
+    let mut http1 = http1::Builder::new();
     // The header and idle deadlines are kept by `connection::Deadlines`: hyper's own
     // header timer starts when a connection turns idle, so it would make the keep-alive
     // idle timeout equal to the header timeout.
-    builder
-        .http1()
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_buf_size(head_limit)
         .keep_alive(true);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(StreamExecutor {
+        tasks: tasks.clone(),
+        phase: phase.clone(),
+    });
+    http2
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
         .max_header_list_size(u32::try_from(head_limit).unwrap_or(u32::MAX))
         .adaptive_window(true);
     let shared = Arc::new(Shared {
-        builder,
+        http1,
+        http2,
         proxy,
         tls: settings.tls,
         handshake_timeout: settings.header_timeout,
@@ -262,9 +263,15 @@ async fn serve(
     let Some(terminator) = &shared.tls else {
         return serve_http(stream, ConnInfo::plain(peer), &shared, phase).await;
     };
-    let handshake = terminator.acceptor().accept(stream);
-    let stream = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
-        Ok(Ok(stream)) => stream,
+    // Boxed, as the TLS stream is below: the task's size is that of its largest state for
+    // its whole life, and rustls' connection state (about 1.2 KiB) would otherwise be
+    // counted twice in it, once in the handshake and once in the connection.
+    let handshake = Box::pin(tokio::time::timeout(
+        shared.handshake_timeout,
+        terminator.acceptor().accept(stream),
+    ));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => Box::new(stream),
         Ok(Err(err)) => {
             terminator.handshake_failed(peer, &err);
             return;

@@ -1,12 +1,13 @@
 //! Listeners and the connection lifecycle: bind, accept (TLS when configured, with
 //! certificate rotation), serve HTTP/1.1 and HTTP/2 (ALPN, or h2c prior knowledge) with
-//! hyper-util's auto builder, and drain on shutdown. What is bound and which phase the
+//! hyper, HTTP/1.1 connections parked between requests, and drain on shutdown. What is bound and which phase the
 //! server is in live in `lifecycle`, which reload and shutdown both consult.
 
 mod admin_listener;
 mod connection;
 mod deadlines;
 pub mod failures;
+mod http1;
 pub mod lifecycle;
 mod limits;
 mod listener;

@@ -80,6 +80,8 @@ pub struct Telemetry {
     ratelimit_remaining: Family<HeaderLabels, Gauge>,
     otlp_export_failures: Counter,
     connections: Gauge,
+    /// Open connections waiting for a request with no HTTP state held.
+    idle_connections: Gauge,
     handshake_failures: Family<HandshakeLabels, Counter>,
     certificate_expiry: Family<ListenerLabel, Gauge<f64, AtomicU64>>,
     scraped: Source,
@@ -111,6 +113,7 @@ impl Telemetry {
         let retries = Family::<RetryLabels, Counter>::default();
         let reloads = Family::<OutcomeLabel, Counter>::default();
         let connections = Gauge::default();
+        let idle_connections = Gauge::default();
         let failovers = Family::<CredentialLabel, Counter>::default();
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
         let certificate_expiry = Family::<ListenerLabel, Gauge<f64, AtomicU64>>::default();
@@ -152,6 +155,11 @@ impl Telemetry {
             "connections_open",
             "Client connections open",
             Listed(connections.clone()),
+        );
+        registry.register(
+            "connections_idle",
+            "Client connections waiting for a request, holding no HTTP buffers",
+            Listed(idle_connections.clone()),
         );
         registry.register(
             "key_failovers",
@@ -222,6 +230,7 @@ impl Telemetry {
             ratelimit_remaining,
             otlp_export_failures,
             connections,
+            idle_connections,
             handshake_failures,
             certificate_expiry,
             scraped,
@@ -256,6 +265,13 @@ impl Telemetry {
     pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
         self.connections.inc();
         ConnectionGuard(self.clone())
+    }
+
+    /// Counts a client connection as idle (parked, or not yet sent a byte) until the guard
+    /// drops.
+    pub fn idle_connection(self: &Arc<Self>) -> IdleGuard {
+        self.idle_connections.inc();
+        IdleGuard(self.clone())
     }
 
     /// Records a finished request (from the access log).
@@ -447,6 +463,15 @@ pub struct ConnectionGuard(Arc<Telemetry>);
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.connections.dec();
+    }
+}
+
+#[derive(Debug)]
+pub struct IdleGuard(Arc<Telemetry>);
+
+impl Drop for IdleGuard {
+    fn drop(&mut self) {
+        self.0.idle_connections.dec();
     }
 }
 

@@ -32,8 +32,17 @@ pub struct BodyStalled(pub Duration);
 #[error("the client's request body could not be read: {0}")]
 pub struct ClientBodyFailed(#[source] hyper::Error);
 
+/// Put in a request's extensions by the client connection, and held by the request's
+/// body until the body ends or is dropped: an HTTP/1.1 connection is not parked while
+/// hyper may still read the body (the proxy can still be streaming it after the response).
+/// `Clone` because extensions must be; azgate moves it, never clones it.
+#[derive(Clone)]
+pub struct BodyReadGuard(pub Arc<dyn Send + Sync>);
+
 pub struct InboundBody {
     inner: Incoming,
+    /// Dropped at the body's end.
+    reading: Option<BodyReadGuard>,
     counted: Arc<AtomicU64>,
     seen: u64,
     limit: u64,
@@ -42,9 +51,16 @@ pub struct InboundBody {
 }
 
 impl InboundBody {
-    pub fn new(inner: Incoming, counted: Arc<AtomicU64>, limit: u64, idle_limit: Duration) -> Self {
+    pub fn new(
+        inner: Incoming,
+        reading: Option<BodyReadGuard>,
+        counted: Arc<AtomicU64>,
+        limit: u64,
+        idle_limit: Duration,
+    ) -> Self {
         Self {
             inner,
+            reading,
             counted,
             seen: 0,
             limit,
@@ -75,10 +91,19 @@ impl Body for InboundBody {
                     }
                 }
                 this.idle.data();
+                if this.inner.is_end_stream() {
+                    this.reading = None;
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(ClientBodyFailed(err))))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(err))) => {
+                this.reading = None;
+                Poll::Ready(Some(Err(Box::new(ClientBodyFailed(err)))))
+            }
+            Poll::Ready(None) => {
+                this.reading = None;
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if this.idle.expired(cx) {
                     return Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle_limit)))));
