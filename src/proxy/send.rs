@@ -3,6 +3,7 @@
 //! replays once; 429, 504 and connection failures are retried as `retry::decide` says,
 //! within the route's retry budget. The last response goes back to the client unchanged.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use http::{Response, StatusCode};
@@ -88,27 +89,30 @@ pub struct RequestFacts<'a> {
 }
 
 /// Runs `waiting` (a wait for the route credential's token) inside a `token wait` span of
-/// the request, when it is traced and the route has a credential: a token fetch it starts
-/// opens its span under it.
-pub async fn wait_for_token<T>(
-    trace: &RequestTrace,
-    route: &Route,
-    waiting: impl Future<Output = T>,
-) -> T {
-    let Some(credential) = &route.credential else {
-        return waiting.await;
-    };
-    let wait = trace.child(
-        "token wait",
-        vec![KeyValue::new(
-            "azgate.credential",
-            credential.name().to_string(),
-        )],
-    );
-    // Boxed, so the untraced path's future stays the size it was (see `Proxy::handle`).
-    let result = Box::pin(waiting.with_context(wait.context().clone())).await;
-    wait.end();
-    result
+/// the request, when the route has a credential: a token fetch it starts opens its span
+/// under it. Boxed, and not an `async fn`: held inline, the wrapper (with `waiting` in it
+/// twice) grew every request's future by kilobytes, traced or not, and hyper moves that
+/// future three times per request (bench/README.md, "Tracing").
+pub fn wait_for_token<'a, T: 'a>(
+    trace: &'a RequestTrace,
+    route: &'a Route,
+    waiting: impl Future<Output = T> + Send + 'a,
+) -> Pin<Box<dyn Future<Output = T> + Send + 'a>> {
+    Box::pin(async move {
+        let Some(credential) = &route.credential else {
+            return waiting.await;
+        };
+        let wait = trace.child(
+            "token wait",
+            vec![KeyValue::new(
+                "azgate.credential",
+                credential.name().to_string(),
+            )],
+        );
+        let result = waiting.with_context(wait.context().clone()).await;
+        wait.end();
+        result
+    })
 }
 
 pub async fn send_with_retry(
