@@ -188,6 +188,51 @@ async fn without_learning_the_released_queue_keeps_meeting_429s() {
     assert!(status["routes"][0]["throttle"]["learned_per_second"].is_null());
 }
 
+/// Ten quick 200s, then `status` with `Retry-After: 1`, then 200s: the pace learned after.
+async fn learned_after(status: u16) -> serde_json::Value {
+    let calls = Arc::new(Mutex::new(0usize));
+    let server = MockUpstream::start(move |_request| {
+        let calls = calls.clone();
+        async move {
+            let n = {
+                let mut calls = calls.lock().unwrap();
+                *calls += 1;
+                *calls
+            };
+            let mut response = Response::builder();
+            if n == 11 {
+                response = response
+                    .status(StatusCode::from_u16(status).unwrap())
+                    .header("retry-after", "1");
+            }
+            response.body(full("{}")).unwrap()
+        }
+    })
+    .await;
+    let gw = gateway(&server.url, "").await;
+    for i in 0..10 {
+        client()
+            .get(format!("{}/r/{i}", gw.url))
+            .send()
+            .await
+            .unwrap();
+    }
+    // Answered by azgate after the hold (the 503 is not retried; the 429 is, after it).
+    client()
+        .get(format!("{}/r/held", gw.url))
+        .send()
+        .await
+        .unwrap();
+    let status = status_json(&gw).await;
+    status["routes"][0]["throttle"]["learned_per_second"].clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_429_teaches_a_pace_a_503_with_retry_after_only_holds() {
+    assert!(learned_after(429).await.is_number());
+    assert!(learned_after(503).await.is_null());
+}
+
 #[test]
 fn learn_needs_a_route_that_holds() {
     let text = r#"

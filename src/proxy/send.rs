@@ -221,7 +221,12 @@ pub async fn send_with_retry(
             }
             Err(_) => None,
         };
-        route.throttle.observe(pass, throttled_for, telemetry);
+        // Only a 429 speaks of the route's rate: a 503's wait (maintenance, overload,
+        // a fault) holds the route but teaches no pace.
+        let over_quota = matches!(&result, Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS);
+        route
+            .throttle
+            .observe(pass, throttled_for, over_quota, telemetry);
 
         if let Outcome::Response(status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN), _) =
             outcome

@@ -356,10 +356,13 @@ impl Throttle {
 
     /// What the upstream answered an attempt sent with `pass`: a throttling answer opens
     /// (or extends) the hold; the probe's other answers open the route again.
+    /// `over_quota`: the answer was a 429, which also teaches the route a pace (a 503's
+    /// wait holds the route but says nothing about its rate).
     pub fn observe(
         &self,
         mut pass: Pass<'_>,
         throttled_for: Option<Duration>,
+        over_quota: bool,
         telemetry: &Telemetry,
     ) {
         if !self.config.hold {
@@ -386,8 +389,10 @@ impl Throttle {
                         true
                     }
                 });
-                if opened {
+                if opened && over_quota {
                     self.pace.held(Instant::now(), until);
+                }
+                if opened {
                     telemetry.record_throttle_hold(&self.route);
                     tracing::info!(
                         route = %self.route,
