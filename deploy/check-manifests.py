@@ -39,7 +39,7 @@ def seconds(text):
     return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
 
-# Measured with deploy/measure-connection-memory.py on a release build (README, "Sizing"):
+# Measured with a release build before idle parking (now bench/idle_memory.py; docs/deployment.md, "Sizing"):
 # 37.9 KiB per keep-alive connection, 44.2 KiB with TLS, ~21 MiB at rest. Rounded up. Idle
 # HTTP/1.1 connections now cost 9.7 KiB (13.5 KiB TLS, bench/idle_memory.py), but one that
 # carries a request holds hyper's buffers again: the rule sizes for every connection busy.

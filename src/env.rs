@@ -22,6 +22,16 @@ impl Env {
         Self(Arc::new(move |name| vars.get(name).cloned()))
     }
 
+    /// A fixed set of variables from `(name, value)` pairs, for tests.
+    #[cfg(test)]
+    pub fn from_pairs(vars: &[(&str, &str)]) -> Self {
+        Self::from_map(
+            vars.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
     /// The variable's value; unset and empty are the same.
     pub fn get(&self, name: &str) -> Option<String> {
         (self.0)(name).filter(|v| !v.is_empty())

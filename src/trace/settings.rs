@@ -254,16 +254,12 @@ fn pairs(text: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
 
     use super::*;
 
     fn env(vars: &[(&str, &str)]) -> Env {
-        Env::from_map(
-            vars.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<HashMap<_, _>>(),
-        )
+        Env::from_pairs(vars)
     }
 
     fn resolve(config: &TelemetryConfig, vars: &[(&str, &str)]) -> Option<Settings> {

@@ -202,14 +202,9 @@ pub(super) fn authority(configured: Option<&str>, env: &Env) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> Env {
-        Env::from_map(
-            vars.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<HashMap<_, _>>(),
-        )
+        Env::from_pairs(vars)
     }
 
     #[test]
