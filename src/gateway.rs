@@ -12,9 +12,9 @@ use crate::config::{Config, VendRouteConfig};
 use crate::credentials::video_indexer::ViewerTokens;
 use crate::credentials::{Credential, CredentialSet};
 use crate::env::Env;
-use crate::proxy::forward::UpstreamClient;
 use crate::proxy::inbound::access::AccessPolicy;
 use crate::proxy::route::{Route, Router};
+use crate::proxy::upstream::UpstreamClient;
 use crate::proxy::vend::VendRoute;
 use crate::telemetry::{Scraped, Telemetry, TokenSample};
 

@@ -14,7 +14,6 @@
 pub mod access_log;
 pub mod body;
 pub mod error;
-pub mod forward;
 pub mod forwarded;
 pub mod headers;
 pub mod inbound;
@@ -26,6 +25,7 @@ pub mod rewrite;
 pub mod route;
 pub mod send;
 pub mod throttle;
+pub mod upstream;
 pub mod vend;
 pub mod vi_auth;
 

@@ -6,24 +6,24 @@ use std::sync::Arc;
 use http::Method;
 
 use super::error::ProxyError;
-use super::forward::UpstreamClient;
 use super::inbound::access::KeyDigest;
 use super::retry::RetryBudget;
 use super::throttle::Throttle;
+use super::upstream::{Upstream, UpstreamClient};
 use super::vend::VendRoute;
 use crate::config::RouteConfig;
 use crate::credentials::Credential;
 use crate::credentials::video_indexer::{Scope, scope_in_path};
 use crate::logging::LogLimiter;
 
-/// A configured route, ready to serve: its config, its credential and its upstream client.
+/// A configured route, ready to serve: its config, its credential and its upstream's pool.
 #[derive(Debug)]
 pub struct Route {
     pub config: RouteConfig,
     /// The prefix, shared with logs and metrics without copying.
     pub name: Arc<str>,
     pub credential: Option<Arc<Credential>>,
-    pub client: UpstreamClient,
+    pub upstream: Upstream,
     /// The `Allow` header value, when `methods` restricts the route.
     allow: Option<String>,
     /// The upstream without a trailing slash, for messages.
@@ -66,12 +66,13 @@ impl Route {
             .trim_end_matches('/')
             .to_string();
         let name: Arc<str> = Arc::from(config.prefix.as_str());
+        let upstream = client.upstream(&config.upstream);
         Self {
             throttle: Arc::new(Throttle::new(config.throttle.clone(), name.clone())),
             name,
             config,
             credential,
-            client,
+            upstream,
             allow,
             upstream_label,
             retry_budget: RetryBudget::default(),

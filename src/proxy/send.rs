@@ -183,7 +183,7 @@ pub async fn send_with_retry(
         };
         started.get_or_insert_with(Instant::now);
         let result = route
-            .client
+            .upstream
             .send(request, timeout, &route.upstream_label)
             .await
             .map_err(|err| match err {

@@ -1,0 +1,309 @@
+//! One upstream's connections. HTTP/1.1 connections wait idle between requests (the most
+//! recently used goes first); when ALPN takes `h2`, one HTTP/2 connection is shared by
+//! every request. Idle connections close after [`IDLE_TIMEOUT`], before common server and
+//! load-balancer idle timeouts (60 s and up), so azgate never reuses one the other side is
+//! closing.
+//!
+//! A route holds its upstream's pool directly (found once, when the route is built), so a
+//! request takes a connection with one short lock and no lookup.
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::connect::{ConnectError, Endpoint};
+use crate::proxy::body::ProxyBody;
+
+/// How long a connection may stay unused in the pool (checked every [`REAP_EVERY`]).
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+const REAP_EVERY: Duration = Duration::from_secs(5);
+const IDLE_TICKS: u64 = IDLE_TIMEOUT.as_secs() / REAP_EVERY.as_secs();
+/// A request the upstream closed a reused connection under before it was sent goes on
+/// another connection, at most this many times (then on a new one, or it fails).
+const MAX_UNSENT_RETRIES: u32 = 3;
+
+pub(super) struct HostPool {
+    endpoint: Endpoint,
+    /// `Host` for HTTP/1.1 requests, from the upstream URI (without a default port).
+    host: HeaderValue,
+    h2: http2::Builder<TokioExecutor>,
+    state: Mutex<State>,
+    /// Held while an HTTP/2 connection is being opened: the requests that arrive
+    /// meanwhile wait to share it instead of opening their own.
+    opening_h2: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    idle: Vec<Idle>,
+    shared: Option<Shared>,
+    /// The upstream took h2 the last time it was asked (assumed for `https://`).
+    prefers_h2: bool,
+    /// The reaper's clock: one tick per [`REAP_EVERY`] while it runs.
+    tick: u64,
+    reaping: bool,
+}
+
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: u64,
+}
+
+struct Shared {
+    sender: http2::SendRequest<ProxyBody>,
+    last_used: u64,
+}
+
+enum Conn {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum SendError {
+    Connect(ConnectError),
+    Http(hyper::Error),
+}
+
+impl HostPool {
+    pub(super) fn new(endpoint: Endpoint, uri: &Uri) -> Self {
+        let host = uri
+            .authority()
+            .and_then(|authority| {
+                let default_port = if endpoint.is_https() { 443 } else { 80 };
+                let text = match authority.port_u16() {
+                    Some(port) if port != default_port => authority.as_str(),
+                    _ => authority.host(),
+                };
+                HeaderValue::from_str(text).ok()
+            })
+            .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        // Big uploads over HTTP/2 need windows that grow with the bandwidth-delay product.
+        h2.timer(TokioTimer::new()).adaptive_window(true);
+        let state = State {
+            prefers_h2: endpoint.is_https(),
+            ..State::default()
+        };
+        Self {
+            endpoint,
+            host,
+            h2,
+            state: Mutex::new(state),
+            opening_h2: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Sends `request` (absolute URI) on a pooled or new connection. A request the
+    /// upstream never received because a reused connection had closed is sent again.
+    pub(super) async fn send(
+        self: &Arc<Self>,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let uri = request.uri().clone();
+        let mut unsent_retries = 0;
+        loop {
+            let (conn, reused) = self.checkout().await.map_err(SendError::Connect)?;
+            let mut added_host = false;
+            let mut error: TrySendError<Request<ProxyBody>> = match conn {
+                Conn::H2(mut sender) => match sender.try_send_request(request).await {
+                    Ok(response) => return Ok(response),
+                    Err(err) => err,
+                },
+                Conn::H1(mut sender) => {
+                    added_host = self.to_origin_form(&mut request);
+                    match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            self.release_when_ready(sender);
+                            return Ok(response);
+                        }
+                        Err(err) => err,
+                    }
+                }
+            };
+            match error.take_message() {
+                Some(unsent) if reused && unsent_retries < MAX_UNSENT_RETRIES => {
+                    unsent_retries += 1;
+                    request = unsent;
+                    *request.uri_mut() = uri.clone();
+                    if added_host {
+                        request.headers_mut().remove(HOST);
+                    }
+                }
+                _ => return Err(SendError::Http(error.into_error())),
+            }
+        }
+    }
+
+    /// HTTP/1.1 wants `GET /path` and a `Host` header (unless a route set its own);
+    /// returns whether `Host` was added.
+    fn to_origin_form(&self, request: &mut Request<ProxyBody>) -> bool {
+        let origin = match request.uri().path_and_query() {
+            Some(path) => Uri::from(path.clone()),
+            None => Uri::from_static("/"),
+        };
+        *request.uri_mut() = origin;
+        let headers = request.headers_mut();
+        if headers.contains_key(HOST) {
+            return false;
+        }
+        headers.insert(HOST, self.host.clone());
+        true
+    }
+
+    /// A live pooled connection, or a new one; and whether it was reused.
+    async fn checkout(self: &Arc<Self>) -> Result<(Conn, bool), ConnectError> {
+        let prefers_h2 = {
+            let mut state = self.lock();
+            if let Some(conn) = state.reuse() {
+                return Ok((conn, true));
+            }
+            state.prefers_h2
+        };
+        if !prefers_h2 {
+            return Ok((self.open().await?, false));
+        }
+        // One HTTP/2 connection at a time; those who waited share it.
+        let opening = self.opening_h2.lock().await;
+        let still_h2 = {
+            let mut state = self.lock();
+            if let Some(conn) = state.reuse() {
+                return Ok((conn, true));
+            }
+            state.prefers_h2
+        };
+        if !still_h2 {
+            // The one just opened took HTTP/1.1: each request opens its own.
+            drop(opening);
+        }
+        Ok((self.open().await?, false))
+    }
+
+    async fn open(self: &Arc<Self>) -> Result<Conn, ConnectError> {
+        let connected = self.endpoint.connect().await?;
+        let io = TokioIo::new(connected.stream);
+        if connected.h2 {
+            let (sender, connection) = self
+                .h2
+                .handshake(io)
+                .await
+                .map_err(|err| ConnectError::handshake(err.into()))?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!("upstream HTTP/2 connection ended: {err}");
+                }
+            });
+            let mut state = self.lock();
+            state.prefers_h2 = true;
+            // Kept for the next requests, unless a live one was shared meanwhile (a burst
+            // before ALPN was known): this one then serves only its first request.
+            if state.shared.as_ref().is_none_or(|s| s.sender.is_closed()) {
+                let last_used = state.tick;
+                state.shared = Some(Shared {
+                    sender: sender.clone(),
+                    last_used,
+                });
+                self.reap_while_pooled(&mut state);
+            }
+            Ok(Conn::H2(sender))
+        } else {
+            let (sender, connection) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|err| ConnectError::handshake(err.into()))?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!("upstream HTTP/1.1 connection ended: {err}");
+                }
+            });
+            self.lock().prefers_h2 = false;
+            Ok(Conn::H1(sender))
+        }
+    }
+
+    /// Pools an HTTP/1.1 connection again once its response has been read to the end
+    /// (a response abandoned half-read closes it instead).
+    fn release_when_ready(self: &Arc<Self>, mut sender: http1::SendRequest<ProxyBody>) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok()
+                && let Some(pool) = pool.upgrade()
+            {
+                let mut state = pool.lock();
+                let since = state.tick;
+                state.idle.push(Idle { sender, since });
+                pool.reap_while_pooled(&mut state);
+            }
+        });
+    }
+
+    /// Starts the reaper unless it runs; it stops when nothing is pooled.
+    fn reap_while_pooled(self: &Arc<Self>, state: &mut State) {
+        if !state.reaping {
+            state.reaping = true;
+            tokio::spawn(reap(Arc::downgrade(self)));
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent whatever a panicking holder did: every change is
+        // a single push, pop or assignment.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    #[cfg(test)]
+    pub(super) fn pooled(&self) -> (usize, bool) {
+        let state = self.lock();
+        (state.idle.len(), state.shared.is_some())
+    }
+}
+
+impl State {
+    fn reuse(&mut self) -> Option<Conn> {
+        if let Some(shared) = &mut self.shared {
+            if !shared.sender.is_closed() {
+                shared.last_used = self.tick;
+                return Some(Conn::H2(shared.sender.clone()));
+            }
+            self.shared = None;
+        }
+        while let Some(idle) = self.idle.pop() {
+            if idle.sender.is_ready() {
+                return Some(Conn::H1(idle.sender));
+            }
+        }
+        None
+    }
+}
+
+async fn reap(pool: Weak<HostPool>) {
+    loop {
+        tokio::time::sleep(REAP_EVERY).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut state = pool.lock();
+        state.tick += 1;
+        let now = state.tick;
+        state
+            .idle
+            .retain(|idle| now - idle.since < IDLE_TICKS && !idle.sender.is_closed());
+        if state
+            .shared
+            .as_ref()
+            .is_some_and(|s| now - s.last_used >= IDLE_TICKS || s.sender.is_closed())
+        {
+            state.shared = None;
+        }
+        if state.idle.is_empty() && state.shared.is_none() {
+            state.reaping = false;
+            return;
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The pool against upstreams on 127.0.0.1 that count their connections.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+
+use super::{Upstream, UpstreamClient};
+use crate::config::CaRoots;
+use crate::proxy::body;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Offer {
+    Plain,
+    /// TLS with ALPN `h2` then `http/1.1`.
+    H2,
+    /// TLS with ALPN `http/1.1` only.
+    Http1,
+}
+
+/// An upstream answering "HTTP/x host uri" and counting connections opened and closed.
+struct Mock {
+    url: String,
+    opened: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    ca: Option<CaRoots>,
+}
+
+async fn mock(offer: Offer, close_after: Option<Duration>) -> Mock {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tls, ca) = match offer {
+        Offer::Plain => (None, None),
+        Offer::H2 | Offer::Http1 => {
+            let (config, ca) = tls_server(offer);
+            (
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+                Some(ca),
+            )
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let host = if tls.is_some() {
+        "localhost"
+    } else {
+        "127.0.0.1"
+    };
+    let opened = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (o, c) = (opened.clone(), closed.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            o.fetch_add(1, Ordering::SeqCst);
+            let (tls, c) = (tls.clone(), c.clone());
+            tokio::spawn(async move {
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    let host = request
+                        .headers()
+                        .get("host")
+                        .map(|h| h.to_str().unwrap_or("?").to_string())
+                        .unwrap_or_default();
+                    let text = format!("{:?} {host} {}", request.version(), request.uri());
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let serve = async {
+                    match tls {
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(tcp).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                        }
+                    }
+                };
+                match close_after {
+                    Some(after) => {
+                        let _ = tokio::time::timeout(after, serve).await;
+                    }
+                    None => serve.await,
+                }
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Mock {
+        url: format!("{scheme}://{host}:{port}"),
+        opened,
+        closed,
+        ca,
+    }
+}
+
+/// A CA and a `localhost` leaf it signed, offering `offer`'s protocols.
+fn tls_server(offer: Offer) -> (rustls::ServerConfig, CaRoots) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    config.alpn_protocols = match offer {
+        Offer::H2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        _ => vec![b"http/1.1".to_vec()],
+    };
+    let roots = CaRoots {
+        path: PathBuf::from("test-ca.pem"),
+        certs: Arc::new(vec![CertificateDer::from(ca_cert.der().to_vec())]),
+    };
+    (config, roots)
+}
+
+impl Mock {
+    fn upstream(&self) -> Upstream {
+        UpstreamClient::new(self.ca.as_ref()).upstream(&self.url.parse().unwrap())
+    }
+
+    fn opened(&self) -> usize {
+        self.opened.load(Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// Sends GET `path` and reads the answer to the end.
+async fn get(upstream: &Upstream, base: &str, path: &str) -> (Version, String) {
+    let request = Request::get(format!("{base}{path}"))
+        .body(body::empty())
+        .unwrap();
+    let response = upstream
+        .send(request, Duration::from_secs(5), base)
+        .await
+        .unwrap();
+    let version = response.version();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (version, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn pooled(upstream: &Upstream) -> (usize, bool) {
+    upstream.pool.as_ref().unwrap().pooled()
+}
+
+/// Waits (a few real milliseconds at a time) for the pool to take a connection back.
+async fn until(mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("not reached in time");
+}
+
+#[tokio::test]
+async fn http1_requests_take_turns_on_one_connection_in_origin_form_with_host() {
+    let mock = mock(Offer::Plain, None).await;
+    let upstream = mock.upstream();
+    let port = mock.url.rsplit(':').next().unwrap().to_string();
+    for i in 0..10 {
+        let (version, text) = get(&upstream, &mock.url, &format!("/x/{i}?q=1")).await;
+        assert_eq!(version, Version::HTTP_11);
+        assert_eq!(text, format!("HTTP/1.1 127.0.0.1:{port} /x/{i}?q=1"));
+        until(|| pooled(&upstream) == (1, false)).await;
+    }
+    assert_eq!(mock.opened(), 1);
+}
+
+#[tokio::test]
+async fn a_cold_burst_to_an_h2_upstream_shares_one_connection() {
+    let mock = mock(Offer::H2, None).await;
+    let upstream = mock.upstream();
+    let burst = (0..32).map(|i| {
+        let (upstream, url) = (upstream.clone(), mock.url.clone());
+        tokio::spawn(async move { get(&upstream, &url, &format!("/b/{i}")).await })
+    });
+    for (i, answer) in futures_util::future::join_all(burst)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let (version, text) = answer.unwrap();
+        assert_eq!(version, Version::HTTP_2);
+        assert!(text.ends_with(&format!("/b/{i}")), "{text}");
+    }
+    assert_eq!(mock.opened(), 1);
+    assert_eq!(pooled(&upstream), (0, true));
+}
+
+#[tokio::test]
+async fn an_https_upstream_without_h2_gets_pooled_http1_connections() {
+    let mock = mock(Offer::Http1, None).await;
+    let upstream = mock.upstream();
+    let burst = (0..4).map(|i| {
+        let (upstream, url) = (upstream.clone(), mock.url.clone());
+        tokio::spawn(async move { get(&upstream, &url, &format!("/b/{i}")).await })
+    });
+    for answer in futures_util::future::join_all(burst).await {
+        assert_eq!(answer.unwrap().0, Version::HTTP_11);
+    }
+    until(|| pooled(&upstream).0 == mock.opened()).await;
+    let before = mock.opened();
+    assert!(before <= 4, "{before} connections for 4 requests");
+    for _ in 0..5 {
+        let (_, text) = get(&upstream, &mock.url, "/again").await;
+        assert!(text.starts_with("HTTP/1.1 localhost:"), "{text}");
+    }
+    assert_eq!(
+        mock.opened(),
+        before,
+        "no new connection for sequential requests"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
+    let mock = mock(Offer::Plain, Some(Duration::from_millis(100))).await;
+    let upstream = mock.upstream();
+    get(&upstream, &mock.url, "/one").await;
+    until(|| mock.closed() == 1).await;
+    let (_, text) = get(&upstream, &mock.url, "/two").await;
+    assert!(text.ends_with("/two"));
+    assert_eq!(mock.opened(), 2);
+}
+
+async fn idle_connection_closes_after_the_idle_timeout(offer: Offer) {
+    let mock = mock(offer, None).await;
+    let upstream = mock.upstream();
+    get(&upstream, &mock.url, "/one").await;
+    let pooled_one = if offer == Offer::H2 {
+        (0, true)
+    } else {
+        (1, false)
+    };
+    until(|| pooled(&upstream) == pooled_one).await;
+    // Paused only now: with sockets in flight, a paused clock would jump ahead.
+    tokio::time::pause();
+    tokio::time::sleep(Duration::from_secs(44)).await;
+    assert_eq!(pooled(&upstream), pooled_one, "still pooled after 44 s");
+    assert_eq!(mock.closed(), 0);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(pooled(&upstream), (0, false), "gone after 56 s");
+    tokio::time::resume();
+    until(|| mock.closed() == 1).await;
+    // The next request opens a new connection.
+    get(&upstream, &mock.url, "/two").await;
+    assert_eq!(mock.opened(), 2);
+}
+
+#[tokio::test]
+async fn an_idle_http1_connection_closes_after_the_idle_timeout() {
+    idle_connection_closes_after_the_idle_timeout(Offer::Plain).await;
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_closes_after_the_idle_timeout() {
+    idle_connection_closes_after_the_idle_timeout(Offer::H2).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_connect_error_naming_the_step() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let upstream = UpstreamClient::new(None).upstream(&url.parse().unwrap());
+    let request = Request::get(format!("{url}/x"))
+        .body(body::empty())
+        .unwrap();
+    let err = upstream
+        .send(request, Duration::from_secs(5), &url)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("tcp connect error"), "{err}");
+}
