@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use super::deadlines::{Deadlines, ReadReady};
 use super::lifecycle::{Phase, reached};
 use super::listener::Shared;
+use super::woken::WhenWoken;
 use crate::proxy::{BodyReadGuard, ConnInfo, ResponseBody};
 
 /// What the service answers a request with. Boxed: hyper's HTTP/1.1 connection can only
@@ -116,7 +117,7 @@ pub(super) async fn serve_http<S>(
                 }
                 return;
             }
-            () = go_away_due(&mut phase, &activity, shared.idle_timeout), if !asked_to_go => {
+            () = WhenWoken::new(go_away_due(&mut phase, &activity, shared.idle_timeout)), if !asked_to_go => {
                 // GOAWAY: open streams finish.
                 connection.as_mut().graceful_shutdown();
                 asked_to_go = true;

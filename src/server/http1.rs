@@ -23,6 +23,7 @@ use super::connection::{Activity, connection_failed, go_away_due};
 use super::deadlines::{Deadlines, ReadReady};
 use super::lifecycle::Phase;
 use super::listener::Shared;
+use super::woken::WhenWoken;
 
 /// Serves the connection until it closes, goes away (drain) or fails.
 pub(super) async fn serve<S, Svc, B>(
@@ -49,7 +50,7 @@ pub(super) async fn serve<S, Svc, B>(
         let result = loop {
             tokio::select! {
                 result = poll_fn(|cx| connection.poll_without_shutdown(cx)) => break result,
-                () = go_away_due(&mut phase, activity, shared.idle_timeout), if !asked_to_go => {
+                () = WhenWoken::new(go_away_due(&mut phase, activity, shared.idle_timeout)), if !asked_to_go => {
                     // An idle connection closes now, a busy one after its response (with
                     // `Connection: close`).
                     std::pin::Pin::new(&mut *connection).graceful_shutdown();
@@ -94,7 +95,7 @@ pub(super) async fn serve<S, Svc, B>(
                 }
                 Err(err) => return connection_failed(shared, peer, &err),
             },
-            () = go_away_due(&mut phase, activity, shared.idle_timeout) => {
+            () = WhenWoken::new(go_away_due(&mut phase, activity, shared.idle_timeout)) => {
                 return io.shut_down().await;
             }
         }

@@ -15,6 +15,7 @@ pub mod reload;
 pub mod shutdown;
 mod start;
 mod tls;
+mod woken;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
