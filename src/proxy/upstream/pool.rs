@@ -23,6 +23,11 @@ use crate::proxy::body::ProxyBody;
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 const REAP_EVERY: Duration = Duration::from_secs(5);
 const IDLE_TICKS: u64 = IDLE_TIMEOUT.as_secs() / REAP_EVERY.as_secs();
+/// The most of one response azgate holds unread for a slow client (HTTP/2); also what a
+/// single download may have in flight: 1 MiB is 100 MB/s at a 10 ms round trip.
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+/// 256 streams' windows: servers allow 100 to 128 streams at a time.
+const H2_CONNECTION_WINDOW: u32 = 256 << 20;
 /// A request the upstream closed a reused connection under before it was sent goes on
 /// another connection, at most this many times (then on a new one, or it fails).
 const MAX_UNSENT_RETRIES: u32 = 3;
@@ -85,8 +90,13 @@ impl HostPool {
             })
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
         let mut h2 = http2::Builder::new(TokioExecutor::new());
-        // Big uploads over HTTP/2 need windows that grow with the bandwidth-delay product.
-        h2.timer(TokioTimer::new()).adaptive_window(true);
+        // A response is read as fast as its client takes it, so each stream keeps up to its
+        // window of unread data. The connection's window holds every stream's: slow
+        // clients cannot use up the window the other responses need (an adaptive window
+        // sets both to one size, and one unread response then stalls the connection).
+        h2.timer(TokioTimer::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW);
         let state = State {
             prefers_h2: endpoint.is_https(),
             ..State::default()

@@ -19,6 +19,9 @@ use super::{Upstream, UpstreamClient};
 use crate::config::CaRoots;
 use crate::proxy::body;
 
+/// The size of `/big`'s answer: more than a stream window.
+const BIG: usize = 4 << 20;
+
 #[derive(Clone, Copy, PartialEq)]
 enum Offer {
     Plain,
@@ -69,6 +72,10 @@ async fn mock(offer: Offer, close_after: Option<Duration>) -> Mock {
                         .get("host")
                         .map(|h| h.to_str().unwrap_or("?").to_string())
                         .unwrap_or_default();
+                    if request.uri().path() == "/big" {
+                        let big = Bytes::from(vec![b'x'; BIG]);
+                        return Ok::<_, Infallible>(Response::new(Full::new(big)));
+                    }
                     let text = format!("{:?} {host} {}", request.version(), request.uri());
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
                 });
@@ -297,4 +304,31 @@ async fn an_unreachable_upstream_is_a_connect_error_naming_the_step() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("tcp connect error"), "{err}");
+}
+
+#[tokio::test]
+async fn responses_nobody_reads_do_not_stall_the_shared_h2_connection() {
+    let mock = mock(Offer::H2, None).await;
+    let upstream = mock.upstream();
+    // Slow clients: their answers arrive and are not read.
+    let mut unread = Vec::new();
+    for _ in 0..8 {
+        let request = Request::get(format!("{}/big", mock.url))
+            .body(body::empty())
+            .unwrap();
+        unread.push(
+            upstream
+                .send(request, Duration::from_secs(5), &mock.url)
+                .await
+                .unwrap(),
+        );
+    }
+    // Give the upstream time to fill every window it may.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = tokio::time::timeout(Duration::from_secs(3), get(&upstream, &mock.url, "/small"))
+        .await
+        .expect("a small answer gets through beside 8 unread big ones");
+    assert_eq!(answer.0, Version::HTTP_2);
+    assert_eq!(mock.opened(), 1);
+    drop(unread);
 }
