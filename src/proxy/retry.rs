@@ -21,6 +21,9 @@ pub enum Outcome<'a> {
     Response(StatusCode, &'a HeaderMap),
     /// No response: refused, reset or closed before the response headers.
     ConnectionFailed,
+    /// No response, and the upstream said it did not process the request (an HTTP/2
+    /// stream refused, or left out by a graceful GOAWAY).
+    Unprocessed,
 }
 
 /// What to do next.
@@ -72,6 +75,8 @@ pub fn decide(
             }
             (CONNECTION_REASON, None)
         }
+        // Whatever the method, and at once: the next attempt goes on another connection.
+        Outcome::Unprocessed => (CONNECTION_REASON, Some(Duration::ZERO)),
     };
     if attempt >= policy.max_attempts {
         return Decision::Stop("attempts exhausted");
@@ -260,6 +265,24 @@ mod tests {
         }
         let from_date = requested_wait(&headers(&[("retry-after", &date)])).unwrap();
         assert!((118..=120).contains(&from_date.as_secs()), "{from_date:?}");
+    }
+
+    #[test]
+    fn a_request_the_upstream_did_not_process_is_sent_again_at_once_whatever_the_method() {
+        let policy = RetryConfig::default();
+        for method in [Method::POST, Method::PATCH, Method::GET] {
+            assert_eq!(
+                decide(&policy, &method, Outcome::Unprocessed, 1, true),
+                Decision::Retry {
+                    wait: Duration::ZERO,
+                    reason: CONNECTION_REASON
+                }
+            );
+        }
+        let last = decide(&policy, &Method::POST, Outcome::Unprocessed, 4, true);
+        assert_eq!(last, Decision::Stop("attempts exhausted"));
+        let streamed = decide(&policy, &Method::POST, Outcome::Unprocessed, 1, false);
+        assert_eq!(streamed, Decision::Stop("body too large to replay"));
     }
 
     #[test]

@@ -185,14 +185,15 @@ pub async fn send_with_retry(
         let result = route
             .upstream
             .send(request, timeout, &route.upstream_label)
-            .await
-            .map_err(|err| match err {
-                ProxyError::UpstreamTimeout { upstream, .. } => ProxyError::UpstreamTimeout {
-                    upstream,
-                    after: route.config.timeout,
-                },
-                other => other,
-            });
+            .await;
+        let unprocessed = matches!(&result, Err(failed) if failed.unprocessed);
+        let result = result.map_err(|failed| match failed.error {
+            ProxyError::UpstreamTimeout { upstream, .. } => ProxyError::UpstreamTimeout {
+                upstream,
+                after: route.config.timeout,
+            },
+            other => other,
+        });
         if let Some(span) = &mut span {
             match &result {
                 Ok(response) => span.answered(response.status().as_u16()),
@@ -209,6 +210,7 @@ pub async fn send_with_retry(
         };
         let outcome = match &result {
             Ok(response) => Outcome::Response(response.status(), response.headers()),
+            Err(_) if unprocessed => Outcome::Unprocessed,
             Err(_) => Outcome::ConnectionFailed,
         };
         let throttled_for = match &result {

@@ -94,6 +94,24 @@ impl UpstreamClient {
     }
 }
 
+/// A request that got no response.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ProxyError,
+    /// The upstream refused it before processing it (an HTTP/2 stream refused or left out
+    /// by a graceful GOAWAY): safe to send again, whatever the method.
+    pub unprocessed: bool,
+}
+
+impl From<ProxyError> for Failed {
+    fn from(error: ProxyError) -> Self {
+        Self {
+            error,
+            unprocessed: false,
+        }
+    }
+}
+
 impl Upstream {
     /// Sends `request` and waits at most `timeout` for the response headers.
     pub async fn send(
@@ -101,7 +119,7 @@ impl Upstream {
         request: Request<ProxyBody>,
         timeout: Duration,
         upstream: &str,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Incoming>, Failed> {
         let unreachable = |reason: String| ProxyError::UpstreamUnreachable {
             upstream: upstream.to_string(),
             reason,
@@ -112,16 +130,21 @@ impl Upstream {
             .map_err(|err| unreachable(err.to_string()))?;
         match tokio::time::timeout(timeout, pool.send(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(SendError::Connect(err))) => Err(unreachable(err.to_string())),
+            Ok(Err(SendError::Connect(err))) => Err(unreachable(err.to_string()).into()),
             // The client's body failing (too large, stalled, connection lost) is not the
             // upstream's fault, whatever the client library calls it.
-            Ok(Err(SendError::Http(err))) => {
-                Err(client_body_error(&err).unwrap_or_else(|| unreachable(error_chain(&err))))
-            }
+            Ok(Err(SendError::Http(err))) => Err(client_body_error(&err)
+                .unwrap_or_else(|| unreachable(error_chain(&err)))
+                .into()),
+            Ok(Err(SendError::Unprocessed(err))) => Err(Failed {
+                error: unreachable(error_chain(&err)),
+                unprocessed: true,
+            }),
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 upstream: upstream.to_string(),
                 after: timeout,
-            }),
+            }
+            .into()),
         }
     }
 }

@@ -51,6 +51,8 @@ struct State {
     prefers_h2: bool,
     /// The reaper's clock: one tick per [`REAP_EVERY`] while it runs.
     tick: u64,
+    /// HTTP/2 connections opened so far.
+    generations: u64,
     reaping: bool,
 }
 
@@ -62,11 +64,13 @@ struct Idle {
 struct Shared {
     sender: http2::SendRequest<ProxyBody>,
     last_used: u64,
+    /// Tells this connection from the one that replaces it.
+    generation: u64,
 }
 
 enum Conn {
     H1(http1::SendRequest<ProxyBody>),
-    H2(http2::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>, u64),
 }
 
 /// Why a request got no response.
@@ -74,6 +78,10 @@ enum Conn {
 pub enum SendError {
     Connect(ConnectError),
     Http(hyper::Error),
+    /// The upstream refused the request before processing it: an HTTP/2 stream refused
+    /// (`REFUSED_STREAM`) or left out by a graceful GOAWAY (RFC 9113, 8.7). Safe to send
+    /// again whatever the method; the connection is not used for new requests.
+    Unprocessed(hyper::Error),
 }
 
 impl HostPool {
@@ -122,8 +130,17 @@ impl HostPool {
             let (conn, reused) = self.checkout().await.map_err(SendError::Connect)?;
             let mut added_host = false;
             let mut error: TrySendError<Request<ProxyBody>> = match conn {
-                Conn::H2(mut sender) => match sender.try_send_request(request).await {
+                Conn::H2(mut sender, generation) => match sender.try_send_request(request).await {
                     Ok(response) => return Ok(response),
+                    Err(err) if err.message().is_none() => match refusal(err.error()) {
+                        Some(refusal) => {
+                            if refusal == Refusal::GoingAway {
+                                self.retire_h2(generation);
+                            }
+                            return Err(SendError::Unprocessed(err.into_error()));
+                        }
+                        None => err,
+                    },
                     Err(err) => err,
                 },
                 Conn::H1(mut sender) => {
@@ -213,15 +230,18 @@ impl HostPool {
             state.prefers_h2 = true;
             // Kept for the next requests, unless a live one was shared meanwhile (a burst
             // before ALPN was known): this one then serves only its first request.
+            state.generations += 1;
+            let generation = state.generations;
             if state.shared.as_ref().is_none_or(|s| s.sender.is_closed()) {
                 let last_used = state.tick;
                 state.shared = Some(Shared {
                     sender: sender.clone(),
                     last_used,
+                    generation,
                 });
                 self.reap_while_pooled(&mut state);
             }
-            Ok(Conn::H2(sender))
+            Ok(Conn::H2(sender, generation))
         } else {
             let (sender, connection) = http1::Builder::new()
                 .handshake(io)
@@ -234,6 +254,19 @@ impl HostPool {
             });
             self.lock().prefers_h2 = false;
             Ok(Conn::H1(sender))
+        }
+    }
+
+    /// An HTTP/2 connection that is going away takes no new requests: the next ones open
+    /// a new connection (its open streams finish on the old one).
+    fn retire_h2(&self, generation: u64) {
+        let mut state = self.lock();
+        if state
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.generation == generation)
+        {
+            state.shared = None;
         }
     }
 
@@ -281,7 +314,7 @@ impl State {
         if let Some(shared) = &mut self.shared {
             if !shared.sender.is_closed() {
                 shared.last_used = self.tick;
-                return Some(Conn::H2(shared.sender.clone()));
+                return Some(Conn::H2(shared.sender.clone(), shared.generation));
             }
             self.shared = None;
         }
@@ -316,4 +349,30 @@ async fn reap(pool: Weak<HostPool>) {
             return;
         }
     }
+}
+
+#[derive(PartialEq)]
+enum Refusal {
+    /// `REFUSED_STREAM`: this stream only (too many at once, say).
+    Stream,
+    /// A graceful GOAWAY (`NO_ERROR`) left the stream out: the connection takes no more.
+    GoingAway,
+}
+
+/// How the upstream said it did not process the request, if it did.
+fn refusal(err: &hyper::Error) -> Option<Refusal> {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return match h2.reason() {
+                Some(h2::Reason::REFUSED_STREAM) => Some(Refusal::Stream),
+                Some(h2::Reason::NO_ERROR) if h2.is_go_away() && h2.is_remote() => {
+                    Some(Refusal::GoingAway)
+                }
+                _ => None,
+            };
+        }
+        source = cause.source();
+    }
+    None
 }

@@ -303,7 +303,11 @@ async fn an_unreachable_upstream_is_a_connect_error_naming_the_step() {
         .send(request, Duration::from_secs(5), &url)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("tcp connect error"), "{err}");
+    assert!(
+        err.error.to_string().contains("tcp connect error"),
+        "{}",
+        err.error
+    );
 }
 
 #[tokio::test]
@@ -331,4 +335,50 @@ async fn responses_nobody_reads_do_not_stall_the_shared_h2_connection() {
     assert_eq!(answer.0, Version::HTTP_2);
     assert_eq!(mock.opened(), 1);
     drop(unread);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_nobody_answers_gives_up_after_the_connect_timeout() {
+    // A listener whose accept queue is full drops further SYNs, as a blackholed address
+    // does.
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(tcp)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await
+        {
+            fillers.push(tcp);
+        }
+    }
+    let url = format!("http://{addr}");
+    let upstream = UpstreamClient::new(None).upstream(&url.parse().unwrap());
+    let started = tokio::time::Instant::now();
+    let request = Request::get(format!("{url}/x"))
+        .body(body::empty())
+        .unwrap();
+    let err = upstream
+        .send(request, Duration::from_secs(60), &url)
+        .await
+        .unwrap_err();
+    assert!(
+        err.error.to_string().contains("did not answer within 10s"),
+        "{}",
+        err.error
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
 }

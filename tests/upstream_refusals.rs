@@ -1,0 +1,126 @@
+//! An HTTP/2 upstream that refuses requests without processing them (RFC 9113, 8.7): a
+//! graceful GOAWAY that leaves a stream out, or `REFUSED_STREAM`. Such a request is sent
+//! again at once, whatever its method, and a connection going away takes no new requests.
+//! The upstream is written with the h2 crate to control its frames.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::Response;
+use support::{Azgate, TestCa, client};
+use tokio::net::TcpListener;
+
+#[derive(Clone, Copy)]
+enum Refuse {
+    /// The first connection is told to go away (GOAWAY, `NO_ERROR`) before any stream.
+    FirstConnection,
+    /// The first stream is reset with `REFUSED_STREAM`.
+    FirstStream,
+}
+
+struct Upstream {
+    url: String,
+    connections: Arc<AtomicUsize>,
+    /// Bodies of the requests answered.
+    answered: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn upstream(ca: &TestCa, refuse: Refuse) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let streams = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (c, a) = (connections.clone(), answered.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let number = c.fetch_add(1, Ordering::SeqCst);
+            let (tls, streams, answered) = (tls.clone(), streams.clone(), a.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = tls.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                if number == 0 && matches!(refuse, Refuse::FirstConnection) {
+                    // GOAWAY, NO_ERROR, last stream 0: whatever arrives was not processed.
+                    connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+                }
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    let first = streams.fetch_add(1, Ordering::SeqCst) == 0;
+                    if first && matches!(refuse, Refuse::FirstStream) {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let answered = answered.clone();
+                    tokio::spawn(async move {
+                        let mut body = request.into_body();
+                        let mut text = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            text.extend_from_slice(&chunk);
+                        }
+                        answered
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&text).into_owned());
+                        let response = Response::builder().status(201).body(()).unwrap();
+                        if let Ok(mut send) = respond.send_response(response, false) {
+                            let _ = send.send_data(Bytes::from_static(b"stored"), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    Upstream {
+        url,
+        connections,
+        answered,
+    }
+}
+
+async fn post_through(refuse: Refuse) -> (reqwest::Response, Upstream) {
+    let ca = TestCa::new();
+    let upstream = upstream(&ca, refuse).await;
+    let gw = Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\nca_file = \"{}\"\n",
+        upstream.url,
+        ca.ca_pem_path.display()
+    ))
+    .await;
+    let response = client()
+        .post(format!("{}/jobs", gw.url))
+        .body("payload-1")
+        .send()
+        .await
+        .unwrap();
+    (response, upstream)
+}
+
+#[tokio::test]
+async fn a_post_left_out_by_a_goaway_is_sent_again_on_a_new_connection() {
+    let (response, upstream) = post_through(Refuse::FirstConnection).await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-azgate-attempts"], "2");
+    assert_eq!(response.text().await.unwrap(), "stored");
+    assert_eq!(*upstream.answered.lock().unwrap(), vec!["payload-1"]);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_sent_again_on_the_same_connection() {
+    let (response, upstream) = post_through(Refuse::FirstStream).await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-azgate-attempts"], "2");
+    assert_eq!(*upstream.answered.lock().unwrap(), vec!["payload-1"]);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+}
