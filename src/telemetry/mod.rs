@@ -56,11 +56,18 @@ pub struct RouteSummary {
     pub p99_ms: Option<f64>,
 }
 
-#[derive(Default)]
+/// A route's figures for the status page, and its metric handles: found in the families
+/// once, not looked up (a lock and a SipHash of the labels each) three times per request.
+/// A handle shares its value with the family's entry, so `/metrics` shows the same series.
 struct RouteSamples {
     requests: u64,
     errors: u64,
     durations_ms: VecDeque<f64>,
+    request_duration: Histogram,
+    upstream_duration: Histogram,
+    /// `azgate_requests_total` by method and status, in the order first seen; a route
+    /// sees a handful of pairs.
+    counters: Vec<(&'static str, u16, Counter)>,
 }
 
 pub struct Telemetry {
@@ -276,32 +283,41 @@ impl Telemetry {
 
     /// Records a finished request (from the access log).
     pub fn record_request(&self, record: RequestRecord, upstream: Option<Duration>) {
-        let route = record
-            .route
-            .clone()
-            .unwrap_or_else(|| self.no_route.clone());
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                method: record.method,
-                status: record.status,
-            })
-            .inc();
-        let label = RouteLabel { route };
-        self.request_duration
-            .get_or_create(&label)
-            .observe(record.duration_ms / 1000.0);
-        if let Some(upstream) = upstream {
-            self.upstream_duration
-                .get_or_create(&label)
-                .observe(upstream.as_secs_f64());
-        }
+        let route = record.route.as_ref().unwrap_or(&self.no_route);
         {
             let mut routes = lock(&self.routes);
-            let samples = match routes.get_mut(&label.route) {
+            let samples = match routes.get_mut(route) {
                 Some(samples) => samples,
-                None => routes.entry(label.route.clone()).or_default(),
+                None => routes
+                    .entry(route.clone())
+                    .or_insert_with(|| self.route_samples(route)),
             };
+            let (method, status) = (record.method, record.status);
+            match samples
+                .counters
+                .iter()
+                .find(|(m, s, _)| *s == status && *m == method)
+            {
+                Some((_, _, counter)) => {
+                    counter.inc();
+                }
+                None => {
+                    let labels = RequestLabels {
+                        route: route.clone(),
+                        method,
+                        status,
+                    };
+                    let counter = self.requests.get_or_create_owned(&labels);
+                    counter.inc();
+                    samples.counters.push((method, status, counter));
+                }
+            }
+            samples
+                .request_duration
+                .observe(record.duration_ms / 1000.0);
+            if let Some(upstream) = upstream {
+                samples.upstream_duration.observe(upstream.as_secs_f64());
+            }
             samples.requests += 1;
             if record.status >= 400 {
                 samples.errors += 1;
@@ -316,6 +332,20 @@ impl Telemetry {
             history.pop_front();
         }
         history.push_back(record);
+    }
+
+    fn route_samples(&self, route: &Arc<str>) -> RouteSamples {
+        let label = RouteLabel {
+            route: route.clone(),
+        };
+        RouteSamples {
+            requests: 0,
+            errors: 0,
+            durations_ms: VecDeque::new(),
+            request_duration: self.request_duration.get_or_create_owned(&label),
+            upstream_duration: self.upstream_duration.get_or_create_owned(&label),
+            counters: Vec::new(),
+        }
     }
 
     pub fn record_retry(&self, route: &Arc<str>, reason: &'static str) {
@@ -488,5 +518,84 @@ impl<M: EncodeMetric> EncodeMetric for Listed<M> {
 
     fn metric_type(&self) -> MetricType {
         self.0.metric_type()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(route: Option<&str>, method: &'static str, status: u16, ms: f64) -> RequestRecord {
+        RequestRecord {
+            at_ms: 0,
+            method,
+            route: route.map(Arc::from),
+            path: "/x".into(),
+            status,
+            attempts: 1,
+            duration_ms: ms,
+            request_id: "id".into(),
+        }
+    }
+
+    fn line<'a>(text: &'a str, start: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(start))
+    }
+
+    /// The handles a route keeps are the families' own series: what they count is what
+    /// `/metrics` shows, per route, method and status, whichever pair came first.
+    #[test]
+    fn cached_route_handles_count_into_the_exported_series() {
+        let telemetry = Telemetry::new();
+        let a = Some("/a");
+        telemetry.record_request(record(a, "GET", 200, 5.0), Some(Duration::from_millis(4)));
+        telemetry.record_request(record(a, "POST", 405, 1.0), None);
+        telemetry.record_request(record(a, "GET", 200, 7.0), Some(Duration::from_millis(6)));
+        telemetry.record_request(record(a, "GET", 503, 9.0), Some(Duration::from_millis(8)));
+        telemetry.record_request(record(None, "GET", 404, 1.0), None);
+        telemetry.record_request(record(Some("/b"), "GET", 200, 2.0), None);
+        let text = telemetry.encode();
+        for (series, value) in [
+            (
+                r#"azgate_requests_total{route="/a",method="GET",status="200"}"#,
+                "2",
+            ),
+            (
+                r#"azgate_requests_total{route="/a",method="POST",status="405"}"#,
+                "1",
+            ),
+            (
+                r#"azgate_requests_total{route="/a",method="GET",status="503"}"#,
+                "1",
+            ),
+            (
+                r#"azgate_requests_total{route="none",method="GET",status="404"}"#,
+                "1",
+            ),
+            (
+                r#"azgate_requests_total{route="/b",method="GET",status="200"}"#,
+                "1",
+            ),
+            (r#"azgate_request_duration_seconds_count{route="/a"}"#, "4"),
+            (
+                r#"azgate_request_duration_seconds_sum{route="/a"}"#,
+                "0.022",
+            ),
+            (r#"azgate_upstream_duration_seconds_count{route="/a"}"#, "3"),
+            (r#"azgate_request_duration_seconds_count{route="/b"}"#, "1"),
+        ] {
+            let found = line(&text, &format!("{series} "))
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+            assert_eq!(found, format!("{series} {value}"), "{text}");
+        }
+        assert!(
+            line(
+                &text,
+                r#"azgate_upstream_duration_seconds_count{route="/b"}"#
+            )
+            .is_none_or(|l| l.ends_with(" 0"))
+        );
+        let summaries = telemetry.route_summaries();
+        assert_eq!((summaries["/a"].requests, summaries["/a"].errors), (4, 2));
     }
 }
