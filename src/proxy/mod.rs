@@ -217,13 +217,16 @@ async fn forward(
             }
             *extra = vending.cors(request.headers());
             inbound::admit_keys(&admitted, vending.key_digests.as_deref(), vending.prefix())?;
-            let response = vend::answer(
+            // Boxed, as the other answers azgate makes itself: held inline, each of these
+            // futures (~3 KiB) would grow every forwarded request's future to its size,
+            // and hyper copies that future as it boxes it (bench/README.md).
+            let response = Box::pin(vend::answer(
                 vending,
                 request.method(),
                 request.uri().path(),
                 request.headers(),
                 telemetry,
-            )
+            ))
             .await?;
             return Ok((response, gateway.config.server.body_idle_timeout));
         }
@@ -239,7 +242,7 @@ async fn forward(
     // A Video Indexer route answers the classic auth calls itself: a legacy tool that
     // fetches its own token gets one from the route's credential (vi_auth.rs).
     if let Some(call) = vi_auth::auth_call(route, request.uri()) {
-        let response = vi_auth::answer(route, request.method(), call).await?;
+        let response = Box::pin(vi_auth::answer(route, request.method(), call)).await?;
         return Ok((response, route.config.timeout));
     }
     // Kept to build links back to azgate, if the response has any (cheap clones).

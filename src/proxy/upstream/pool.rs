@@ -193,8 +193,10 @@ impl HostPool {
             }
             state.prefers_h2
         };
+        // `open` is boxed: a new connection is rare, and its future (connect, TLS and HTTP
+        // handshakes, ~1.2 KiB) held inline would be part of every request's future.
         if !prefers_h2 {
-            return Ok((self.open().await?, false));
+            return Ok((Box::pin(self.open()).await?, false));
         }
         // One HTTP/2 connection at a time; those who waited share it.
         let opening = self.opening_h2.lock().await;
@@ -209,7 +211,7 @@ impl HostPool {
             // The one just opened took HTTP/1.1: each request opens its own.
             drop(opening);
         }
-        Ok((self.open().await?, false))
+        Ok((Box::pin(self.open()).await?, false))
     }
 
     async fn open(self: &Arc<Self>) -> Result<Conn, ConnectError> {
