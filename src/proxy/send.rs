@@ -217,10 +217,9 @@ pub async fn send_with_retry(
         let throttled_for = match &result {
             Ok(response) => {
                 record_quota(route, response.headers(), telemetry);
-                throttle::throttled_for(
-                    response.status(),
-                    retry::requested_wait(response.headers()),
-                )
+                throttle::throttled_for(response.status(), || {
+                    retry::requested_wait(response.headers())
+                })
             }
             Err(_) => None,
         };

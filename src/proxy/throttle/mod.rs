@@ -422,11 +422,15 @@ impl Throttle {
 }
 
 /// How long an upstream's answer holds the route: a 429 (the announced wait, else a
-/// second), or a 503 that announces one.
-pub fn throttled_for(status: http::StatusCode, announced: Option<Duration>) -> Option<Duration> {
+/// second), or a 503 that announces one. `announced` (the wait headers, three lookups by
+/// name) is read for those two statuses only.
+pub fn throttled_for(
+    status: http::StatusCode,
+    announced: impl FnOnce() -> Option<Duration>,
+) -> Option<Duration> {
     match status.as_u16() {
-        429 => Some(announced.unwrap_or(UNANNOUNCED_HOLD)),
-        503 => announced,
+        429 => Some(announced().unwrap_or(UNANNOUNCED_HOLD)),
+        503 => announced(),
         _ => None,
     }
 }
