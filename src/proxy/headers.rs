@@ -36,14 +36,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names first, noting which of the list are there: most messages
     // carry `Connection: keep-alive` and nothing else of it, and each removal hashes its
     // name (see bench/README.md).
-    let (mut present, mut te) = (0u16, false);
-    for name in headers.keys() {
+    let (mut present, mut te, mut keep_alive_only) = (0u16, false, true);
+    for (name, value) in headers.iter() {
         match hop_by_hop_index(name) {
-            Some(i) => present |= 1 << i,
+            Some(i) => {
+                present |= 1 << i;
+                // `Connection: keep-alive` names only a header of the list itself.
+                keep_alive_only &= i != 0 || value.as_bytes().eq_ignore_ascii_case(b"keep-alive");
+            }
             None => te |= name == header::TE,
         }
     }
-    if present & 1 != 0 {
+    if present & 1 != 0 && !keep_alive_only {
         // The headers `Connection` names (`keep-alive`, `close` and the like name none
         // that is there, usually): looked up without allocating, collected only if there.
         let named: Vec<HeaderName> = headers
@@ -278,6 +282,25 @@ mod tests {
             (&[("transfer-encoding", "chunked")], &[]),
             (&[("keep-alive", "timeout=5"), ("x-a", "1")], &["x-a: 1"]),
             (&[("proxy-authenticate", "Basic")], &[]),
+            // `Connection: keep-alive` alone (the common case, taken without parsing).
+            (
+                &[
+                    ("connection", "Keep-Alive"),
+                    ("keep-alive", "timeout=5"),
+                    ("x-a", "1"),
+                ],
+                &["x-a: 1"],
+            ),
+            // … but not when another `Connection` value names more.
+            (
+                &[
+                    ("connection", "keep-alive"),
+                    ("connection", "x-foo"),
+                    ("x-foo", "1"),
+                    ("x-a", "1"),
+                ],
+                &["x-a: 1"],
+            ),
             // `Connection` naming `TE` removes it, `trailers` or not.
             (&[("connection", "te"), ("te", "trailers")], &[]),
         ];
