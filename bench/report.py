@@ -62,8 +62,8 @@ def headline(results, scenarios, modes):
 
 def per_system(results, scenarios, modes):
     lines = [
-        "| scenario | clients | system | req/s | p50 ms | p99 ms | CPU µs / req | peak RSS MiB | non-2xx, errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | clients | system | req/s | p50 ms | p99 ms | CPU µs / req | user / kernel µs | peak RSS MiB | non-2xx, errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario in scenarios:
         for mode in modes:
@@ -73,7 +73,8 @@ def per_system(results, scenarios, modes):
                 bad = f"{r['total'] - r['ok']:.0f}, {r['errors']:.0f}"
                 lines.append(
                     f"| {scenario} | {mode} | {system} | {r['rps']:.0f} | {ms(r['p50'])} | {ms(r['p99'])} "
-                    f"| {num(r['cpu_us'], '.1f')} | {num(r['peak_rss_mib'], '.1f')} | {bad} |"
+                    f"| {num(r['cpu_us'], '.1f')} | {num(r.get('user_us'), '.1f')} / {num(r.get('kernel_us'), '.1f')} "
+                    f"| {num(r['peak_rss_mib'], '.1f')} | {bad} |"
                 )
     return lines
 

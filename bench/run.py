@@ -123,16 +123,21 @@ class Proc:
             pass
         return pids
 
-    def cpu_seconds(self):
+    def cpu_split(self):
+        """(user, kernel) CPU seconds of the process and its children: utime and stime."""
         ticks = os.sysconf("SC_CLK_TCK")
-        total = 0
+        user = kernel = 0
         for pid in self.pids():
             try:
                 fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
+                user += int(fields[11])
+                kernel += int(fields[12])
             except (OSError, IndexError):
                 pass
-        return total / ticks
+        return user / ticks, kernel / ticks
+
+    def cpu_seconds(self):
+        return sum(self.cpu_split())
 
     def memory_kib(self, field):
         total = 0
@@ -304,12 +309,16 @@ class Systems:
 
 def measure(proc, target, mode, args):
     """One throughput run at fixed concurrency; the proxy's CPU time per answered request."""
-    cpu0 = proc.cpu_seconds() if proc else None
+    cpu0 = proc.cpu_split() if proc else None
     ticks0 = cpu_ticks()
     r = oha(target, "-z", f"{args.seconds}s", "-c", str(args.connections), *MODES[mode])
     stolen = steal_pct(ticks0, cpu_ticks())
-    cpu1 = proc.cpu_seconds() if proc else None
+    cpu1 = proc.cpu_split() if proc else None
     answered = r["total"]
+
+    def per_request(i):
+        return None if proc is None or answered == 0 else (cpu1[i] - cpu0[i]) / answered * 1e6
+
     return {
         "rps": r["rps"],
         "p50": r["p50"],
@@ -317,7 +326,11 @@ def measure(proc, target, mode, args):
         "ok": r["ok"],
         "total": answered,
         "errors": r["errors"],
-        "cpu_us": None if proc is None or answered == 0 else (cpu1 - cpu0) / answered * 1e6,
+        "cpu_us": None if proc is None or answered == 0 else (sum(cpu1) - sum(cpu0)) / answered * 1e6,
+        # The split shows what a userland change can move: the kernel's loopback TCP work
+        # is most of a proxy's CPU here (bench/README.md, "Third round of changes").
+        "user_us": per_request(0),
+        "kernel_us": per_request(1),
         "steal_pct": stolen,
         "peak_rss_mib": None if proc is None else proc.memory_kib("VmHWM") / 1024,
     }
