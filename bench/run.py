@@ -477,6 +477,9 @@ def azgate_alone(args, out, systems):
                 "ratio": median([p[1] / p[0] for p in pairs]),
             }
         extra["stream_peak_rss_mib"] = proc.memory_kib("VmHWM") / 1024
+        # What the process holds right before: the transfers above leave memory with the
+        # allocator, and the connections' first requests fill the upstream pool.
+        extra["before_idle_conns_rss_mib"] = proc.memory_kib("VmRSS") / 1024
         loop, writers = idle_connections(PORTS["azgate"], args.idle_connections)
         try:
             time.sleep(2)
