@@ -169,10 +169,9 @@ def write(data, args, out, versions, commands):
             f"- peak RSS while streaming 1 GiB each way: {extra['stream_peak_rss_mib']:.1f} MiB",
             f"- {extra['idle_conns']} idle keep-alive connections: RSS {extra['idle_conns_rss_mib']:.1f} MiB "
             f"({(extra['idle_conns_rss_mib'] - extra['idle_rss_mib']) * 1024 / max(1, extra['idle_conns']):.1f} KiB each above idle"
-            + (f", {(extra['idle_conns_rss_mib'] - extra['before_idle_conns_rss_mib']) * 1024 / max(1, extra['idle_conns']):.1f} "
-               f"above the {extra['before_idle_conns_rss_mib']:.1f} MiB just before them, after the transfers"
-               if 'before_idle_conns_rss_mib' in extra else "")
-            + "; bench/idle_memory.py measures an idle connection alone)",
+            f", {(extra['idle_conns_rss_mib'] - extra['before_idle_conns_rss_mib']) * 1024 / max(1, extra['idle_conns']):.1f} "
+            f"above the {extra['before_idle_conns_rss_mib']:.1f} MiB just before them, after the transfers; "
+            "bench/idle_memory.py measures an idle connection alone)",
             f"- cold burst of {extra['burst']['total']} concurrent requests ({extra['burst']['ok']} answered 2xx): "
             f"{extra['burst']['token_calls']} token-endpoint call(s)",
         ]

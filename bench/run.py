@@ -316,8 +316,10 @@ def measure(proc, target, mode, args):
     cpu1 = proc.cpu_split() if proc else None
     answered = r["total"]
 
-    def per_request(i):
-        return None if proc is None or answered == 0 else (cpu1[i] - cpu0[i]) / answered * 1e6
+    def per_request(seconds):
+        return None if proc is None or answered == 0 else seconds / answered * 1e6
+
+    user, kernel = (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]) if proc else (0, 0)
 
     return {
         "rps": r["rps"],
@@ -326,11 +328,11 @@ def measure(proc, target, mode, args):
         "ok": r["ok"],
         "total": answered,
         "errors": r["errors"],
-        "cpu_us": None if proc is None or answered == 0 else (sum(cpu1) - sum(cpu0)) / answered * 1e6,
+        "cpu_us": per_request(user + kernel),
         # The split shows what a userland change can move: the kernel's loopback TCP work
         # is most of a proxy's CPU here (bench/README.md, "Third round of changes").
-        "user_us": per_request(0),
-        "kernel_us": per_request(1),
+        "user_us": per_request(user),
+        "kernel_us": per_request(kernel),
         "steal_pct": stolen,
         "peak_rss_mib": None if proc is None else proc.memory_kib("VmHWM") / 1024,
     }

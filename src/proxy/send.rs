@@ -246,10 +246,9 @@ pub async fn send_with_retry(
                 "upstream refused the credential: replaying once with a new one"
             );
             credential_replayed = true;
-            // Boxed: this cold path would otherwise set the size of every request's future.
             let replayed = match trace {
                 Some(trace) => wait_for_token(trace, route, authorize(route, scope)).await,
-                None => Box::pin(authorize(route, scope)).await,
+                None => authorize(route, scope).await,
             };
             authorization = match replayed {
                 Ok(authorization) => authorization,

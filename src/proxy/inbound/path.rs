@@ -86,10 +86,9 @@ fn is_dot_segment(segment: &[u8]) -> bool {
     while i < segment.len() {
         if segment[i] == b'.' {
             i += 1;
-        } else if segment[i] == b'%'
-            && segment[i + 1..].len() >= 2
-            && segment[i + 1] == b'2'
-            && segment[i + 2].eq_ignore_ascii_case(&b'e')
+        } else if segment
+            .get(i..i + 3)
+            .is_some_and(|escape| escape.eq_ignore_ascii_case(b"%2e"))
         {
             i += 3;
         } else {

@@ -193,24 +193,20 @@ impl HostPool {
             }
             state.prefers_h2
         };
-        // `open` is boxed: a new connection is rare, and its future (connect, TLS and HTTP
-        // handshakes, ~1.2 KiB) held inline would be part of every request's future.
-        if !prefers_h2 {
-            return Ok((Box::pin(self.open()).await?, false));
-        }
         // One HTTP/2 connection at a time; those who waited share it.
-        let opening = self.opening_h2.lock().await;
-        let still_h2 = {
+        let _opening = if prefers_h2 {
+            let opening = self.opening_h2.lock().await;
             let mut state = self.lock();
             if let Some(conn) = state.reuse() {
                 return Ok((conn, true));
             }
-            state.prefers_h2
+            // Unless the one just opened took HTTP/1.1: each request then opens its own.
+            state.prefers_h2.then_some(opening)
+        } else {
+            None
         };
-        if !still_h2 {
-            // The one just opened took HTTP/1.1: each request opens its own.
-            drop(opening);
-        }
+        // Boxed: a new connection is rare, and its future (connect, TLS and HTTP
+        // handshakes, ~1.2 KiB) held inline would be part of every request's future.
         Ok((Box::pin(self.open()).await?, false))
     }
 
