@@ -230,6 +230,36 @@ async fn an_upstream_that_closes_an_idle_pooled_connection_costs_the_client_noth
 }
 
 #[tokio::test]
+async fn a_response_with_both_content_length_and_chunked_is_forwarded_without_the_length() {
+    // RFC 9112, 6.3: Transfer-Encoding overrides Content-Length, and a proxy removes the
+    // Content-Length before forwarding; kept, it would promise the client 100 bytes of 5.
+    let (upstream, _) = support::raw::upstream(|mut stream| async move {
+        loop {
+            if support::raw::read_head(&mut stream).await.is_empty() {
+                return;
+            }
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let gw = Azgate::start(&plain_route(&upstream, "")).await;
+    let client = client();
+    for round in 0..2 {
+        let response = client.get(format!("{}/up/x", gw.url)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "round {round}");
+        assert!(
+            response.headers().get("content-length").is_none(),
+            "round {round}: {:?}",
+            response.headers()
+        );
+        assert_eq!(response.text().await.unwrap(), "hello", "round {round}");
+    }
+}
+
+#[tokio::test]
 async fn an_upstream_that_answers_bytes_that_are_not_http_is_a_clear_502() {
     let (upstream, _) = support::raw::upstream(|mut stream| async move {
         support::raw::read_head(&mut stream).await;

@@ -1,7 +1,8 @@
 //! An HTTP/2 upstream that refuses requests without processing them (RFC 9113, 8.7): a
 //! graceful GOAWAY that leaves a stream out, or `REFUSED_STREAM`. Such a request is sent
 //! again at once, whatever its method, and a connection going away takes no new requests.
-//! The upstream is written with the h2 crate to control its frames.
+//! The upstream is written with the h2 crate to control its frames; a HEAD answer from
+//! such an upstream, its length kept, is tested here too.
 
 mod support;
 
@@ -123,4 +124,67 @@ async fn a_refused_stream_is_sent_again_on_the_same_connection() {
     assert_eq!(response.headers()["x-azgate-attempts"], "2");
     assert_eq!(*upstream.answered.lock().unwrap(), vec!["payload-1"]);
     assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+}
+
+/// An HTTP/2 upstream answering every request with `200`, `Content-Length: 5` and, unless
+/// the request was HEAD, the five bytes.
+async fn length_upstream(ca: &TestCa) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config()));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = tls.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    let head = request.method() == http::Method::HEAD;
+                    let response = Response::builder()
+                        .status(200)
+                        .header("content-length", "5")
+                        .body(())
+                        .unwrap();
+                    if let Ok(mut send) = respond.send_response(response, head)
+                        && !head
+                    {
+                        let _ = send.send_data(Bytes::from_static(b"hello"), true);
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_head_answer_from_an_http2_upstream_keeps_its_length_and_the_connection() {
+    let ca = TestCa::new();
+    let url = length_upstream(&ca).await;
+    let gw = Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/\"\nupstream = \"{url}\"\nca_file = \"{}\"\n",
+        ca.ca_pem_path.display()
+    ))
+    .await;
+    let client = client();
+    for _ in 0..2 {
+        let head = client
+            .head(format!("{}/blob", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(head.headers()["content-length"], "5");
+        assert_eq!(head.bytes().await.unwrap().len(), 0);
+    }
+    let get = client.get(format!("{}/blob", gw.url)).send().await.unwrap();
+    assert_eq!(get.status(), 200);
+    assert_eq!(get.text().await.unwrap(), "hello");
 }
