@@ -46,6 +46,37 @@ fn venv_dir() -> PathBuf {
 }
 
 fn ensure_venv(venv: &Path) -> Result<PathBuf, String> {
+    // Test binaries run as separate processes (nextest runs each test in its own): one
+    // makes the venv while the others wait, instead of each deleting the other's.
+    // The lock is a directory (made atomically); one left by a killed process is taken
+    // over once it is older than an install may take.
+    let lock = venv.with_extension("lock");
+    let gave_up = Instant::now() + 2 * INSTALL_DEADLINE;
+    loop {
+        match std::fs::create_dir(&lock) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let age = std::fs::metadata(&lock)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok());
+                if age.is_some_and(|age| age > INSTALL_DEADLINE) {
+                    let _ = std::fs::remove_dir(&lock);
+                } else if Instant::now() >= gave_up {
+                    return Err(format!("{lock:?} stayed locked by another test process"));
+                } else {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            Err(e) => return Err(format!("locking {lock:?}: {e}")),
+        }
+    }
+    let made = make_venv(venv);
+    let _ = std::fs::remove_dir(&lock);
+    made
+}
+
+fn make_venv(venv: &Path) -> Result<PathBuf, String> {
     let pins = PINS.join(" ");
     let python = venv.join("bin").join("python");
     let pins_file = venv.join(".pins");
