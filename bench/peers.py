@@ -10,6 +10,7 @@ proxies' HTTPS listeners; every client and proxy verifies against that CA.
 import dataclasses
 import os
 import pathlib
+import random
 import subprocess
 
 # AZGATE_BENCH_PORT_BASE moves every port, so that a second checkout's instruction count can
@@ -32,8 +33,6 @@ def _entra_sized_token(chars=1460):
     """A JWT-shaped token of an app-only Entra ID access token's size: header, claims and
     an RS256 signature (342 base64url characters), dot-separated. Made from a fixed seed,
     so every run and system injects the same bytes."""
-    import random
-
     rng = random.Random(17)
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
     header, signature = 120, 342

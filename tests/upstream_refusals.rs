@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use http::Response;
 use support::{Azgate, TestCa, client};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Clone, Copy)]
 enum Refuse {
@@ -29,59 +29,89 @@ struct Upstream {
     answered: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-async fn upstream(ca: &TestCa, refuse: Refuse) -> Upstream {
+type H2Connection = h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>;
+
+/// An HTTPS upstream on 127.0.0.1 that speaks HTTP/2 with the h2 crate: `serve` gets each
+/// connection after the TLS and HTTP/2 handshakes, numbered from 0. Returns its URL.
+async fn h2_upstream<F, Fut>(ca: &TestCa, serve: F) -> String
+where
+    F: Fn(usize, H2Connection) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "https://localhost:{}",
         listener.local_addr().unwrap().port()
     );
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config()));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let streams = Arc::new(AtomicUsize::new(0));
-    let answered = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (c, a) = (connections.clone(), answered.clone());
+    let serve = Arc::new(serve);
     tokio::spawn(async move {
+        let mut number = 0;
         while let Ok((tcp, _)) = listener.accept().await {
-            let number = c.fetch_add(1, Ordering::SeqCst);
-            let (tls, streams, answered) = (tls.clone(), streams.clone(), a.clone());
+            let (tls, serve) = (tls.clone(), serve.clone());
             tokio::spawn(async move {
                 let Ok(stream) = tls.accept(tcp).await else {
                     return;
                 };
-                let Ok(mut connection) = h2::server::handshake(stream).await else {
-                    return;
-                };
-                if number == 0 && matches!(refuse, Refuse::FirstConnection) {
-                    // GOAWAY, NO_ERROR, last stream 0: whatever arrives was not processed.
-                    connection.abrupt_shutdown(h2::Reason::NO_ERROR);
-                }
-                while let Some(Ok((request, mut respond))) = connection.accept().await {
-                    let first = streams.fetch_add(1, Ordering::SeqCst) == 0;
-                    if first && matches!(refuse, Refuse::FirstStream) {
-                        respond.send_reset(h2::Reason::REFUSED_STREAM);
-                        continue;
-                    }
-                    let answered = answered.clone();
-                    tokio::spawn(async move {
-                        let mut body = request.into_body();
-                        let mut text = Vec::new();
-                        while let Some(Ok(chunk)) = body.data().await {
-                            let _ = body.flow_control().release_capacity(chunk.len());
-                            text.extend_from_slice(&chunk);
-                        }
-                        answered
-                            .lock()
-                            .unwrap()
-                            .push(String::from_utf8_lossy(&text).into_owned());
-                        let response = Response::builder().status(201).body(()).unwrap();
-                        if let Ok(mut send) = respond.send_response(response, false) {
-                            let _ = send.send_data(Bytes::from_static(b"stored"), true);
-                        }
-                    });
+                if let Ok(connection) = h2::server::handshake(stream).await {
+                    serve(number, connection).await;
                 }
             });
+            number += 1;
         }
     });
+    url
+}
+
+/// azgate with one route to `upstream`, trusting the test CA.
+async fn azgate_to(upstream: &str, ca: &TestCa) -> Azgate {
+    Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/\"\nupstream = \"{upstream}\"\nca_file = \"{}\"\n",
+        ca.ca_pem_path.display()
+    ))
+    .await
+}
+
+async fn upstream(ca: &TestCa, refuse: Refuse) -> Upstream {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let streams = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (c, a) = (connections.clone(), answered.clone());
+    let url = h2_upstream(ca, move |number, mut connection| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let (streams, answered) = (streams.clone(), a.clone());
+        async move {
+            if number == 0 && matches!(refuse, Refuse::FirstConnection) {
+                // GOAWAY, NO_ERROR, last stream 0: whatever arrives was not processed.
+                connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+            }
+            while let Some(Ok((request, mut respond))) = connection.accept().await {
+                let first = streams.fetch_add(1, Ordering::SeqCst) == 0;
+                if first && matches!(refuse, Refuse::FirstStream) {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
+                let answered = answered.clone();
+                tokio::spawn(async move {
+                    let mut body = request.into_body();
+                    let mut text = Vec::new();
+                    while let Some(Ok(chunk)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        text.extend_from_slice(&chunk);
+                    }
+                    answered
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&text).into_owned());
+                    let response = Response::builder().status(201).body(()).unwrap();
+                    if let Ok(mut send) = respond.send_response(response, false) {
+                        let _ = send.send_data(Bytes::from_static(b"stored"), true);
+                    }
+                });
+            }
+        }
+    })
+    .await;
     Upstream {
         url,
         connections,
@@ -92,12 +122,7 @@ async fn upstream(ca: &TestCa, refuse: Refuse) -> Upstream {
 async fn post_through(refuse: Refuse) -> (reqwest::Response, Upstream) {
     let ca = TestCa::new();
     let upstream = upstream(&ca, refuse).await;
-    let gw = Azgate::start(&format!(
-        "[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\nca_file = \"{}\"\n",
-        upstream.url,
-        ca.ca_pem_path.display()
-    ))
-    .await;
+    let gw = azgate_to(&upstream.url, &ca).await;
     let response = client()
         .post(format!("{}/jobs", gw.url))
         .body("payload-1")
@@ -129,50 +154,29 @@ async fn a_refused_stream_is_sent_again_on_the_same_connection() {
 /// An HTTP/2 upstream answering every request with `200`, `Content-Length: 5` and, unless
 /// the request was HEAD, the five bytes.
 async fn length_upstream(ca: &TestCa) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "https://localhost:{}",
-        listener.local_addr().unwrap().port()
-    );
-    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config()));
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = tls.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut connection) = h2::server::handshake(stream).await else {
-                    return;
-                };
-                while let Some(Ok((request, mut respond))) = connection.accept().await {
-                    let head = request.method() == http::Method::HEAD;
-                    let response = Response::builder()
-                        .status(200)
-                        .header("content-length", "5")
-                        .body(())
-                        .unwrap();
-                    if let Ok(mut send) = respond.send_response(response, head)
-                        && !head
-                    {
-                        let _ = send.send_data(Bytes::from_static(b"hello"), true);
-                    }
-                }
-            });
+    h2_upstream(ca, |_, mut connection| async move {
+        while let Some(Ok((request, mut respond))) = connection.accept().await {
+            let head = request.method() == http::Method::HEAD;
+            let response = Response::builder()
+                .status(200)
+                .header("content-length", "5")
+                .body(())
+                .unwrap();
+            if let Ok(mut send) = respond.send_response(response, head)
+                && !head
+            {
+                let _ = send.send_data(Bytes::from_static(b"hello"), true);
+            }
         }
-    });
-    url
+    })
+    .await
 }
 
 #[tokio::test]
 async fn a_head_answer_from_an_http2_upstream_keeps_its_length_and_the_connection() {
     let ca = TestCa::new();
     let url = length_upstream(&ca).await;
-    let gw = Azgate::start(&format!(
-        "[[routes]]\nprefix = \"/\"\nupstream = \"{url}\"\nca_file = \"{}\"\n",
-        ca.ca_pem_path.display()
-    ))
-    .await;
+    let gw = azgate_to(&url, &ca).await;
     let client = client();
     for _ in 0..2 {
         let head = client
