@@ -1,8 +1,9 @@
 //! An HTTP/2 upstream that refuses requests without processing them (RFC 9113, 8.7): a
 //! graceful GOAWAY that leaves a stream out, or `REFUSED_STREAM`. Such a request is sent
 //! again at once, whatever its method, and a connection going away takes no new requests.
-//! The upstream is written with the h2 crate to control its frames; a HEAD answer from
-//! such an upstream, its length kept, is tested here too.
+//! A server's limit on streams at a time is such a refusal too: a burst beyond it is spread
+//! over more connections. The upstream is written with the h2 crate to control its frames;
+//! a HEAD answer from such an upstream, its length kept, is tested here too.
 
 mod support;
 
@@ -38,6 +39,15 @@ where
     F: Fn(usize, H2Connection) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    h2_upstream_with(ca, h2::server::Builder::new(), serve).await
+}
+
+/// The same, its HTTP/2 settings from `h2`.
+async fn h2_upstream_with<F, Fut>(ca: &TestCa, h2: h2::server::Builder, serve: F) -> String
+where
+    F: Fn(usize, H2Connection) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "https://localhost:{}",
@@ -48,12 +58,12 @@ where
     tokio::spawn(async move {
         let mut number = 0;
         while let Ok((tcp, _)) = listener.accept().await {
-            let (tls, serve) = (tls.clone(), serve.clone());
+            let (tls, serve, h2) = (tls.clone(), serve.clone(), h2.clone());
             tokio::spawn(async move {
                 let Ok(stream) = tls.accept(tcp).await else {
                     return;
                 };
-                if let Ok(connection) = h2::server::handshake(stream).await {
+                if let Ok(connection) = h2.handshake(stream).await {
                     serve(number, connection).await;
                 }
             });
@@ -149,6 +159,62 @@ async fn a_refused_stream_is_sent_again_on_the_same_connection() {
     assert_eq!(response.headers()["x-azgate-attempts"], "2");
     assert_eq!(*upstream.answered.lock().unwrap(), vec!["payload-1"]);
     assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_burst_beyond_the_upstreams_stream_limit_is_spread_over_connections() {
+    const BURST: usize = 6;
+    let ca = TestCa::new();
+    let connections = Arc::new(AtomicUsize::new(0));
+    // Every request is answered only once all of them are at the upstream together: one
+    // left waiting behind another (or refused for good) and none is answered.
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let all_here = Arc::new(tokio::sync::Notify::new());
+    let (c, a, n) = (connections.clone(), arrived.clone(), all_here.clone());
+    let mut h2 = h2::server::Builder::new();
+    h2.max_concurrent_streams(2);
+    let url = h2_upstream_with(&ca, h2, move |_, mut connection| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let (arrived, all_here) = (a.clone(), n.clone());
+        async move {
+            while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                let (arrived, all_here) = (arrived.clone(), all_here.clone());
+                tokio::spawn(async move {
+                    let waiting = all_here.notified();
+                    if arrived.fetch_add(1, Ordering::SeqCst) + 1 == BURST {
+                        all_here.notify_waiters();
+                    } else {
+                        waiting.await;
+                    }
+                    let response = Response::builder().status(200).body(()).unwrap();
+                    if let Ok(mut send) = respond.send_response(response, false) {
+                        let _ = send.send_data(Bytes::from_static(b"done"), true);
+                    }
+                });
+            }
+        }
+    })
+    .await;
+    let gw = azgate_to(&url, &ca).await;
+    let client = client();
+    let burst = (0..BURST).map(|i| {
+        let request = client.get(format!("{}/items/{i}", gw.url)).send();
+        async move {
+            let response = request.await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    });
+    let answers = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        futures_util::future::join_all(burst),
+    )
+    .await
+    .expect("every request of the burst reached the upstream at once");
+    for (status, text) in answers {
+        assert_eq!((status.as_u16(), text.as_str()), (200, "done"));
+    }
+    assert_eq!(arrived.load(Ordering::SeqCst), BURST);
+    assert!(connections.load(Ordering::SeqCst) >= BURST / 2);
 }
 
 /// An HTTP/2 upstream answering every request with `200`, `Content-Length: 5` and, unless

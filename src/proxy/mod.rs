@@ -45,6 +45,7 @@ pub use self::inbound::body::BodyReadGuard;
 use self::inbound::body::InboundBody;
 use self::prepare::UpstreamRequest;
 use self::replay::ReplayBody;
+use self::upstream::UpstreamBody;
 use crate::gateway::Gateway;
 use crate::telemetry::Telemetry;
 use crate::trace::{self, Tracing};
@@ -389,7 +390,7 @@ fn public_origin(gateway: &Gateway, hint: &OriginHint) -> Option<String> {
 /// injected credential dropped, the upstream's request id noted for the log; the body
 /// streams on untouched.
 fn rewrite_response(
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     injected: Option<&[u8]>,
     log: &mut AccessLog,
 ) -> Response<ProxyBody> {

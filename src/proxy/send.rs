@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::error::ProxyError;
@@ -16,6 +15,7 @@ use super::replay::ReplayBody;
 use super::retry::{self, Decision, Outcome};
 use super::route::Route;
 use super::throttle;
+use super::upstream::UpstreamBody;
 use super::vi_auth;
 use crate::credentials::video_indexer::Scope;
 use crate::credentials::{Authorization, CredentialError, Refusal};
@@ -27,7 +27,7 @@ use opentelemetry::context::FutureExt as _;
 /// The final upstream outcome and how it was reached.
 pub struct Sent {
     /// The last response, or why the last attempt got none.
-    pub result: Result<Response<Incoming>, ProxyError>,
+    pub result: Result<Response<UpstreamBody>, ProxyError>,
     pub attempts: u32,
     /// From the first attempt's send to the final response headers.
     /// From the first attempt sent; `None` when none was (refused by the hold or pace).
@@ -351,7 +351,7 @@ fn record_quota(route: &Route, headers: &http::HeaderMap, telemetry: &Telemetry)
 }
 
 fn finish(
-    result: Result<Response<Incoming>, ProxyError>,
+    result: Result<Response<UpstreamBody>, ProxyError>,
     attempts: u32,
     started: Option<Instant>,
     authorization: Option<Authorization>,
@@ -364,7 +364,7 @@ fn finish(
     }
 }
 
-fn describe(result: &Result<Response<Incoming>, ProxyError>) -> String {
+fn describe(result: &Result<Response<UpstreamBody>, ProxyError>) -> String {
     match result {
         Ok(response) => response.status().to_string(),
         Err(err) => err.to_string(),

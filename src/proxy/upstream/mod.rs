@@ -5,16 +5,17 @@
 
 mod connect;
 mod pool;
+mod streams;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 
 use self::connect::Endpoint;
 use self::pool::{HostPool, SendError};
+pub use self::streams::UpstreamBody;
 use super::body::ProxyBody;
 use super::error::ProxyError;
 use super::inbound::body::client_body_error;
@@ -119,7 +120,7 @@ impl Upstream {
         request: Request<ProxyBody>,
         timeout: Duration,
         upstream: &str,
-    ) -> Result<Response<Incoming>, Failed> {
+    ) -> Result<Response<UpstreamBody>, Failed> {
         let unreachable = |reason: String| ProxyError::UpstreamUnreachable {
             upstream: upstream.to_string(),
             reason,

@@ -1,6 +1,7 @@
 //! One upstream's connections. HTTP/1.1 connections wait idle between requests (the most
-//! recently used goes first); when ALPN takes `h2`, one HTTP/2 connection is shared by
-//! every request. Idle connections close after [`IDLE_TIMEOUT`], before common server and
+//! recently used goes first); when ALPN takes `h2`, requests share an HTTP/2 connection,
+//! as many at once as its server allows (`streams.rs`), and another is opened when every
+//! one is full. Idle connections close after [`IDLE_TIMEOUT`], before common server and
 //! load-balancer idle timeouts (60 s and up), so azgate never reuses one the other side is
 //! closing.
 //!
@@ -17,6 +18,7 @@ use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::{ConnectError, Endpoint};
+use super::streams::{SettingsReader, StreamSlot, Streams, UpstreamBody};
 use crate::proxy::body::ProxyBody;
 
 /// How long a connection may stay unused in the pool (checked every [`REAP_EVERY`]).
@@ -39,14 +41,15 @@ pub(super) struct HostPool {
     h2: http2::Builder<TokioExecutor>,
     state: Mutex<State>,
     /// Held while an HTTP/2 connection is being opened: the requests that arrive
-    /// meanwhile wait to share it instead of opening their own.
+    /// meanwhile wait to share it (if it has room) instead of opening their own.
     opening_h2: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
 struct State {
     idle: Vec<Idle>,
-    shared: Option<Shared>,
+    /// Live HTTP/2 connections; a request takes the first with a stream to spare.
+    shared: Vec<Shared>,
     /// The upstream took h2 the last time it was asked (assumed for `https://`).
     prefers_h2: bool,
     /// The reaper's clock: one tick per [`REAP_EVERY`] while it runs.
@@ -63,6 +66,7 @@ struct Idle {
 
 struct Shared {
     sender: http2::SendRequest<ProxyBody>,
+    streams: Arc<Streams>,
     last_used: u64,
     /// Tells this connection from the one that replaces it.
     generation: u64,
@@ -70,7 +74,8 @@ struct Shared {
 
 enum Conn {
     H1(http1::SendRequest<ProxyBody>),
-    H2(http2::SendRequest<ProxyBody>, u64),
+    /// With the connection's generation and the request's stream on it.
+    H2(http2::SendRequest<ProxyBody>, u64, StreamSlot),
 }
 
 /// Why a request got no response.
@@ -123,32 +128,34 @@ impl HostPool {
     pub(super) async fn send(
         self: &Arc<Self>,
         mut request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let uri = request.uri().clone();
         let mut unsent_retries = 0;
         loop {
             let (conn, reused) = self.checkout().await.map_err(SendError::Connect)?;
             let mut added_host = false;
             let mut error: TrySendError<Request<ProxyBody>> = match conn {
-                Conn::H2(mut sender, generation) => match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(response),
-                    Err(err) if err.message().is_none() => match refusal(err.error()) {
-                        Some(refusal) => {
-                            if refusal == Refusal::GoingAway {
-                                self.retire_h2(generation);
+                Conn::H2(mut sender, generation, stream) => {
+                    match sender.try_send_request(request).await {
+                        Ok(response) => return Ok(held(response, Some(stream))),
+                        Err(err) if err.message().is_none() => match refusal(err.error()) {
+                            Some(refusal) => {
+                                if refusal == Refusal::GoingAway {
+                                    self.retire_h2(generation);
+                                }
+                                return Err(SendError::Unprocessed(err.into_error()));
                             }
-                            return Err(SendError::Unprocessed(err.into_error()));
-                        }
-                        None => err,
-                    },
-                    Err(err) => err,
-                },
+                            None => err,
+                        },
+                        Err(err) => err,
+                    }
+                }
                 Conn::H1(mut sender) => {
                     added_host = self.to_origin_form(&mut request);
                     match sender.try_send_request(request).await {
                         Ok(response) => {
                             self.release_when_ready(sender);
-                            return Ok(response);
+                            return Ok(held(response, None));
                         }
                         Err(err) => err,
                     }
@@ -193,7 +200,7 @@ impl HostPool {
             }
             state.prefers_h2
         };
-        // One HTTP/2 connection at a time; those who waited share it.
+        // One HTTP/2 connection opened at a time; those who waited share it if it has room.
         let _opening = if prefers_h2 {
             let opening = self.opening_h2.lock().await;
             let mut state = self.lock();
@@ -212,8 +219,9 @@ impl HostPool {
 
     async fn open(self: &Arc<Self>) -> Result<Conn, ConnectError> {
         let connected = self.endpoint.connect().await?;
-        let io = TokioIo::new(connected.stream);
         if connected.h2 {
+            let streams = Streams::new();
+            let io = TokioIo::new(SettingsReader::new(connected.stream, streams.clone()));
             let (sender, connection) = self
                 .h2
                 .handshake(io)
@@ -224,25 +232,27 @@ impl HostPool {
                     tracing::debug!("upstream HTTP/2 connection ended: {err}");
                 }
             });
+            let stream = streams.force();
             let mut state = self.lock();
             state.prefers_h2 = true;
-            // Kept for the next requests, unless a live one was shared meanwhile (a burst
-            // before ALPN was known): this one then serves only its first request.
+            // Kept for the next requests, unless a live one with room was shared meanwhile
+            // (a burst before ALPN was known): this one then serves only its first request.
             state.generations += 1;
             let generation = state.generations;
-            if state.shared.as_ref().is_none_or(|s| s.sender.is_closed()) {
+            if !state.has_room() {
                 let last_used = state.tick;
-                state.shared = Some(Shared {
+                state.shared.push(Shared {
                     sender: sender.clone(),
+                    streams,
                     last_used,
                     generation,
                 });
                 self.reap_while_pooled(&mut state);
             }
-            Ok(Conn::H2(sender, generation))
+            Ok(Conn::H2(sender, generation, stream))
         } else {
             let (sender, connection) = http1::Builder::new()
-                .handshake(io)
+                .handshake(TokioIo::new(connected.stream))
                 .await
                 .map_err(|err| ConnectError::handshake(err.into()))?;
             tokio::spawn(async move {
@@ -258,14 +268,7 @@ impl HostPool {
     /// An HTTP/2 connection that is going away takes no new requests: the next ones open
     /// a new connection (its open streams finish on the old one).
     fn retire_h2(&self, generation: u64) {
-        let mut state = self.lock();
-        if state
-            .shared
-            .as_ref()
-            .is_some_and(|s| s.generation == generation)
-        {
-            state.shared = None;
-        }
+        self.lock().shared.retain(|s| s.generation != generation);
     }
 
     /// Pools an HTTP/1.1 connection again once its response has been read to the end
@@ -300,21 +303,24 @@ impl HostPool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Idle HTTP/1.1 connections and shared HTTP/2 ones.
     #[cfg(test)]
-    pub(super) fn pooled(&self) -> (usize, bool) {
+    pub(super) fn pooled(&self) -> (usize, usize) {
         let state = self.lock();
-        (state.idle.len(), state.shared.is_some())
+        (state.idle.len(), state.shared.len())
     }
 }
 
 impl State {
     fn reuse(&mut self) -> Option<Conn> {
-        if let Some(shared) = &mut self.shared {
-            if !shared.sender.is_closed() {
-                shared.last_used = self.tick;
-                return Some(Conn::H2(shared.sender.clone(), shared.generation));
+        if !self.shared.is_empty() {
+            self.shared.retain(|s| !s.sender.is_closed());
+            for shared in &mut self.shared {
+                if let Some(stream) = shared.streams.take() {
+                    shared.last_used = self.tick;
+                    return Some(Conn::H2(shared.sender.clone(), shared.generation, stream));
+                }
             }
-            self.shared = None;
         }
         while let Some(idle) = self.idle.pop() {
             if idle.sender.is_ready() {
@@ -322,6 +328,13 @@ impl State {
             }
         }
         None
+    }
+
+    /// Some live HTTP/2 connection could take another request.
+    fn has_room(&self) -> bool {
+        self.shared
+            .iter()
+            .any(|s| !s.sender.is_closed() && s.streams.has_room())
     }
 }
 
@@ -335,18 +348,20 @@ async fn reap(pool: Weak<HostPool>) {
         state
             .idle
             .retain(|idle| now - idle.since < IDLE_TICKS && !idle.sender.is_closed());
-        if state
-            .shared
-            .as_ref()
-            .is_some_and(|s| now - s.last_used >= IDLE_TICKS || s.sender.is_closed())
-        {
-            state.shared = None;
-        }
-        if state.idle.is_empty() && state.shared.is_none() {
+        // A connection still carrying a request (a long download, say) stays.
+        state.shared.retain(|s| {
+            !s.sender.is_closed() && (now - s.last_used < IDLE_TICKS || s.streams.open() > 0)
+        });
+        if state.idle.is_empty() && state.shared.is_empty() {
             state.reaping = false;
             return;
         }
     }
+}
+
+/// The response with its body holding the request's HTTP/2 stream, if any.
+fn held(response: Response<Incoming>, stream: Option<StreamSlot>) -> Response<UpstreamBody> {
+    response.map(|incoming| UpstreamBody::new(incoming, stream))
 }
 
 #[derive(PartialEq)]

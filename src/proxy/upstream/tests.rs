@@ -14,6 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::{Upstream, UpstreamClient};
 use crate::config::CaRoots;
@@ -32,14 +33,22 @@ enum Offer {
 }
 
 /// An upstream answering "HTTP/x host uri" and counting connections opened and closed.
+/// `/hold` answers once the test releases it.
 struct Mock {
     url: String,
     opened: Arc<AtomicUsize>,
     closed: Arc<AtomicUsize>,
     ca: Option<CaRoots>,
+    holding: Arc<AtomicUsize>,
+    release: Arc<Semaphore>,
 }
 
 async fn mock(offer: Offer, close_after: Option<Duration>) -> Mock {
+    mock_with(offer, close_after, None).await
+}
+
+/// With `max_streams`, HTTP/2 connections allow that many streams at a time.
+async fn mock_with(offer: Offer, close_after: Option<Duration>, max_streams: Option<u32>) -> Mock {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tls, ca) = match offer {
@@ -60,26 +69,40 @@ async fn mock(offer: Offer, close_after: Option<Duration>) -> Mock {
     };
     let opened = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(AtomicUsize::new(0));
+    let holding = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(Semaphore::new(0));
     let (o, c) = (opened.clone(), closed.clone());
+    let (h, r) = (holding.clone(), release.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             o.fetch_add(1, Ordering::SeqCst);
-            let (tls, c) = (tls.clone(), c.clone());
+            let (tls, c, h, r) = (tls.clone(), c.clone(), h.clone(), r.clone());
             tokio::spawn(async move {
-                let service = service_fn(|request: Request<Incoming>| async move {
-                    let host = request
-                        .headers()
-                        .get("host")
-                        .map(|h| h.to_str().unwrap_or("?").to_string())
-                        .unwrap_or_default();
-                    if request.uri().path() == "/big" {
-                        let big = Bytes::from(vec![b'x'; BIG]);
-                        return Ok::<_, Infallible>(Response::new(Full::new(big)));
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let (h, r) = (h.clone(), r.clone());
+                    async move {
+                        let host = request
+                            .headers()
+                            .get("host")
+                            .map(|h| h.to_str().unwrap_or("?").to_string())
+                            .unwrap_or_default();
+                        if request.uri().path() == "/big" {
+                            let big = Bytes::from(vec![b'x'; BIG]);
+                            return Ok::<_, Infallible>(Response::new(Full::new(big)));
+                        }
+                        if request.uri().path() == "/hold" {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            r.acquire().await.unwrap().forget();
+                        }
+                        let text = format!("{:?} {host} {}", request.version(), request.uri());
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
                     }
-                    let text = format!("{:?} {host} {}", request.version(), request.uri());
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Some(max) = max_streams {
+                    builder.http2().max_concurrent_streams(max);
+                }
                 let serve = async {
                     match tls {
                         Some(tls) => {
@@ -109,6 +132,8 @@ async fn mock(offer: Offer, close_after: Option<Duration>) -> Mock {
         opened,
         closed,
         ca,
+        holding,
+        release,
     }
 }
 
@@ -170,7 +195,7 @@ async fn get(upstream: &Upstream, base: &str, path: &str) -> (Version, String) {
     (version, String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn pooled(upstream: &Upstream) -> (usize, bool) {
+fn pooled(upstream: &Upstream) -> (usize, usize) {
     upstream.pool.as_ref().unwrap().pooled()
 }
 
@@ -194,7 +219,7 @@ async fn http1_requests_take_turns_on_one_connection_in_origin_form_with_host() 
         let (version, text) = get(&upstream, &mock.url, &format!("/x/{i}?q=1")).await;
         assert_eq!(version, Version::HTTP_11);
         assert_eq!(text, format!("HTTP/1.1 127.0.0.1:{port} /x/{i}?q=1"));
-        until(|| pooled(&upstream) == (1, false)).await;
+        until(|| pooled(&upstream) == (1, 0)).await;
     }
     assert_eq!(mock.opened(), 1);
 }
@@ -217,7 +242,7 @@ async fn a_cold_burst_to_an_h2_upstream_shares_one_connection() {
         assert!(text.ends_with(&format!("/b/{i}")), "{text}");
     }
     assert_eq!(mock.opened(), 1);
-    assert_eq!(pooled(&upstream), (0, true));
+    assert_eq!(pooled(&upstream), (0, 1));
 }
 
 #[tokio::test]
@@ -260,11 +285,7 @@ async fn idle_connection_closes_after_the_idle_timeout(offer: Offer) {
     let mock = mock(offer, None).await;
     let upstream = mock.upstream();
     get(&upstream, &mock.url, "/one").await;
-    let pooled_one = if offer == Offer::H2 {
-        (0, true)
-    } else {
-        (1, false)
-    };
+    let pooled_one = if offer == Offer::H2 { (0, 1) } else { (1, 0) };
     until(|| pooled(&upstream) == pooled_one).await;
     // Paused only now: with sockets in flight, a paused clock would jump ahead.
     tokio::time::pause();
@@ -272,7 +293,7 @@ async fn idle_connection_closes_after_the_idle_timeout(offer: Offer) {
     assert_eq!(pooled(&upstream), pooled_one, "still pooled after 44 s");
     assert_eq!(mock.closed(), 0);
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_eq!(pooled(&upstream), (0, false), "gone after 56 s");
+    assert_eq!(pooled(&upstream), (0, 0), "gone after 56 s");
     tokio::time::resume();
     until(|| mock.closed() == 1).await;
     // The next request opens a new connection.
@@ -381,4 +402,41 @@ async fn a_connect_nobody_answers_gives_up_after_the_connect_timeout() {
         err.error
     );
     assert_eq!(started.elapsed(), Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn requests_beyond_the_upstreams_stream_limit_open_another_h2_connection() {
+    let mock = mock_with(Offer::H2, None, Some(2)).await;
+    let upstream = mock.upstream();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (upstream, base) = (upstream.clone(), mock.url.clone());
+        held.push(tokio::spawn(
+            async move { get(&upstream, &base, "/hold").await },
+        ));
+    }
+    until(|| mock.holding.load(Ordering::SeqCst) == 2).await;
+    assert_eq!(
+        mock.opened(),
+        1,
+        "both held requests share the first connection"
+    );
+    // The first connection has no stream to spare: the next request must not wait there.
+    // hyper's client has read the server's SETTINGS by now (the race at a connection's
+    // start, a request sent before them and refused, is another test's).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = tokio::time::timeout(Duration::from_secs(3), get(&upstream, &mock.url, "/quick"))
+        .await
+        .expect("answered beside two held streams");
+    assert_eq!(answer.0, Version::HTTP_2);
+    assert_eq!(mock.opened(), 2);
+    mock.release.add_permits(2);
+    for held in held {
+        assert_eq!(held.await.unwrap().0, Version::HTTP_2);
+    }
+    // Finished streams are given back: later requests need no third connection.
+    for i in 0..6 {
+        get(&upstream, &mock.url, &format!("/after/{i}")).await;
+    }
+    assert_eq!(mock.opened(), 2);
 }
