@@ -167,9 +167,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for SettingsReader<S> {
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if !this.first_frame.done() {
             match this.first_frame.feed(&buf.filled()[before..]) {
-                Some(Some(limit)) => this.streams.set_limit(limit),
-                // SETTINGS without a limit: unlimited (RFC 9113, 6.5.2).
-                Some(None) => this.streams.set_unlimited(),
+                Some(Learned::Limit(limit)) => this.streams.set_limit(limit),
+                Some(Learned::Unlimited) => this.streams.set_unlimited(),
                 None => {}
             }
         }
@@ -207,6 +206,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SettingsReader<S> {
     }
 }
 
+/// What the server's first frame said.
+#[derive(Debug, PartialEq)]
+enum Learned {
+    Limit(u32),
+    /// SETTINGS without a limit: unlimited (RFC 9113, 6.5.2).
+    Unlimited,
+}
+
 /// Reads the server's first frame, in whatever pieces it arrives: its header, then (for
 /// SETTINGS) its parameters, six bytes each.
 #[derive(Default)]
@@ -224,9 +231,9 @@ impl FirstFrame {
         self.done
     }
 
-    /// Takes the next bytes of the stream; once the frame has been read whole, returns
-    /// the limit it set, if it was SETTINGS (`Some(None)`: it set none).
-    fn feed(&mut self, bytes: &[u8]) -> Option<Option<u32>> {
+    /// Takes the next bytes of the stream; once a SETTINGS frame has been read whole,
+    /// returns what it said.
+    fn feed(&mut self, bytes: &[u8]) -> Option<Learned> {
         for &byte in bytes {
             if self.seen < FRAME_HEADER_LEN {
                 self.header[self.seen] = byte;
@@ -249,7 +256,7 @@ impl FirstFrame {
             }
             if self.seen >= FRAME_HEADER_LEN && self.seen - FRAME_HEADER_LEN == self.length() {
                 self.done = true;
-                return Some(self.limit);
+                return Some(self.limit.map_or(Learned::Unlimited, Learned::Limit));
             }
         }
         None
@@ -286,7 +293,7 @@ mod tests {
         frame
     }
 
-    fn read_in_pieces(bytes: &[u8], piece: usize) -> Option<Option<u32>> {
+    fn read_in_pieces(bytes: &[u8], piece: usize) -> Option<Learned> {
         let mut first = FirstFrame::default();
         for chunk in bytes.chunks(piece) {
             if let Some(found) = first.feed(chunk) {
@@ -308,7 +315,7 @@ mod tests {
         for piece in [1, 2, 5, 6, 7, 9, 10, 64] {
             assert_eq!(
                 read_in_pieces(&bytes, piece),
-                Some(Some(2)),
+                Some(Learned::Limit(2)),
                 "pieces of {piece}"
             );
         }
@@ -316,8 +323,9 @@ mod tests {
 
     #[test]
     fn settings_without_a_limit_or_empty_say_unlimited() {
-        assert_eq!(read_in_pieces(&settings(&[(0x4, 65535)]), 3), Some(None));
-        assert_eq!(read_in_pieces(&settings(&[]), 4), Some(None));
+        let unlimited = Some(Learned::Unlimited);
+        assert_eq!(read_in_pieces(&settings(&[(0x4, 65535)]), 3), unlimited);
+        assert_eq!(read_in_pieces(&settings(&[]), 4), unlimited);
     }
 
     #[test]
