@@ -6,9 +6,9 @@
 //! hyper's client keeps that to itself: a request beyond the limit then either waits in
 //! the connection until a stream ends (a long download holds its place for minutes) or,
 //! sent before the client saw the SETTINGS, is refused. So [`SettingsReader`] reads the
-//! limit from that first frame as the bytes go by, and each request takes a
-//! [`StreamSlot`] of its connection's [`Streams`] for as long as its response body lives.
-//! A limit the server changes in a later SETTINGS frame is not followed.
+//! limit from the server's SETTINGS frames as the bytes go by (the first one, and any later
+//! one that changes it), and each request takes a [`StreamSlot`] of its connection's
+//! [`Streams`] for as long as its response body lives.
 
 use std::io;
 use std::pin::Pin;
@@ -29,6 +29,7 @@ const ASSUMED_LIMIT: usize = 100;
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` (RFC 9113, 6.5.2).
 const MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const SETTINGS_FRAME: u8 = 0x4;
+const SETTINGS_ACK: u8 = 0x1;
 const FRAME_HEADER_LEN: usize = 9;
 const SETTING_LEN: usize = 6;
 
@@ -138,12 +139,12 @@ impl Body for UpstreamBody {
     }
 }
 
-/// An upstream connection's stream that notes the stream limit in the server's first
-/// frame. Past that frame each read costs one comparison.
+/// An upstream connection's stream that notes the stream limit in the server's SETTINGS
+/// frames as they go by (a few comparisons per frame; payloads are skipped by length).
 pub(super) struct SettingsReader<S> {
     inner: S,
     streams: Arc<Streams>,
-    first_frame: FirstFrame,
+    watch: SettingsWatch,
 }
 
 impl<S> SettingsReader<S> {
@@ -151,7 +152,7 @@ impl<S> SettingsReader<S> {
         Self {
             inner,
             streams,
-            first_frame: FirstFrame::default(),
+            watch: SettingsWatch::default(),
         }
     }
 }
@@ -165,8 +166,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for SettingsReader<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if !this.first_frame.done() {
-            match this.first_frame.feed(&buf.filled()[before..]) {
+        if !this.watch.gave_up() {
+            match this.watch.feed(&buf.filled()[before..]) {
                 Some(Learned::Limit(limit)) => this.streams.set_limit(limit),
                 Some(Learned::Unlimited) => this.streams.set_unlimited(),
                 None => {}
@@ -206,65 +207,102 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SettingsReader<S> {
     }
 }
 
-/// What the server's first frame said.
+/// What a SETTINGS frame from the server said about the stream limit.
 #[derive(Debug, PartialEq)]
 enum Learned {
     Limit(u32),
-    /// SETTINGS without a limit: unlimited (RFC 9113, 6.5.2).
+    /// The first SETTINGS frame set none: unlimited (RFC 9113, 6.5.2).
     Unlimited,
 }
 
-/// Reads the server's first frame, in whatever pieces it arrives: its header, then (for
-/// SETTINGS) its parameters, six bytes each.
+/// Follows the server's frames, in whatever pieces they arrive, for the stream limit: each
+/// frame's header is read, a SETTINGS payload parameter by parameter (six bytes each), any
+/// other payload skipped by its length.
 #[derive(Default)]
-struct FirstFrame {
+struct SettingsWatch {
     header: [u8; FRAME_HEADER_LEN],
-    /// Bytes of the frame seen so far, header included.
-    seen: usize,
+    header_seen: usize,
+    /// Bytes of the current frame's payload still to come.
+    payload_left: usize,
+    /// The current frame is SETTINGS (not an acknowledgement): its payload is read.
+    in_settings: bool,
     setting: [u8; SETTING_LEN],
+    setting_seen: usize,
+    /// The limit set by the SETTINGS frame being read, if it sets one.
     limit: Option<u32>,
-    done: bool,
+    /// A SETTINGS frame has been read: the connection's preface is over.
+    settled: bool,
+    /// The server's first frame was not SETTINGS: not HTTP/2 as expected, nothing assumed.
+    gave_up: bool,
 }
 
-impl FirstFrame {
-    fn done(&self) -> bool {
-        self.done
+impl SettingsWatch {
+    fn gave_up(&self) -> bool {
+        self.gave_up
     }
 
-    /// Takes the next bytes of the stream; once a SETTINGS frame has been read whole,
-    /// returns what it said.
-    fn feed(&mut self, bytes: &[u8]) -> Option<Learned> {
-        for &byte in bytes {
-            if self.seen < FRAME_HEADER_LEN {
-                self.header[self.seen] = byte;
-                self.seen += 1;
-                if self.seen == FRAME_HEADER_LEN && self.header[3] != SETTINGS_FRAME {
-                    // Not a server preface: nothing to learn, nothing assumed.
-                    self.done = true;
-                    return None;
+    /// Takes the next bytes from the server; returns what the last SETTINGS frame they
+    /// complete said about the limit, if anything.
+    fn feed(&mut self, mut bytes: &[u8]) -> Option<Learned> {
+        let mut learned = None;
+        while !bytes.is_empty() && !self.gave_up {
+            if self.header_seen < FRAME_HEADER_LEN {
+                let n = (FRAME_HEADER_LEN - self.header_seen).min(bytes.len());
+                self.header[self.header_seen..self.header_seen + n].copy_from_slice(&bytes[..n]);
+                self.header_seen += n;
+                bytes = &bytes[n..];
+                if self.header_seen < FRAME_HEADER_LEN {
+                    break;
                 }
+                self.start_frame();
             } else {
-                let at = (self.seen - FRAME_HEADER_LEN) % SETTING_LEN;
-                self.setting[at] = byte;
-                self.seen += 1;
-                if at == SETTING_LEN - 1 {
-                    let [id0, id1, v0, v1, v2, v3] = self.setting;
-                    if u16::from_be_bytes([id0, id1]) == MAX_CONCURRENT_STREAMS {
-                        self.limit = Some(u32::from_be_bytes([v0, v1, v2, v3]));
-                    }
+                let n = self.payload_left.min(bytes.len());
+                if self.in_settings {
+                    self.read_settings(&bytes[..n]);
                 }
+                self.payload_left -= n;
+                bytes = &bytes[n..];
             }
-            if self.seen >= FRAME_HEADER_LEN && self.seen - FRAME_HEADER_LEN == self.length() {
-                self.done = true;
-                return Some(self.limit.map_or(Learned::Unlimited, Learned::Limit));
+            if self.header_seen == FRAME_HEADER_LEN && self.payload_left == 0 && !self.gave_up {
+                if self.in_settings {
+                    learned = match self.limit {
+                        Some(limit) => Some(Learned::Limit(limit)),
+                        // Later SETTINGS leave out what they do not change.
+                        None if !self.settled => Some(Learned::Unlimited),
+                        None => learned,
+                    };
+                    self.settled = true;
+                }
+                self.header_seen = 0;
             }
         }
-        None
+        learned
     }
 
-    fn length(&self) -> usize {
-        let [a, b, c, ..] = self.header;
-        usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c)
+    fn start_frame(&mut self) {
+        let [a, b, c, kind, flags, ..] = self.header;
+        if !self.settled && kind != SETTINGS_FRAME {
+            self.gave_up = true;
+            return;
+        }
+        self.payload_left = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+        self.in_settings = kind == SETTINGS_FRAME && flags & SETTINGS_ACK == 0;
+        self.setting_seen = 0;
+        self.limit = None;
+    }
+
+    fn read_settings(&mut self, payload: &[u8]) {
+        for &byte in payload {
+            self.setting[self.setting_seen] = byte;
+            self.setting_seen += 1;
+            if self.setting_seen == SETTING_LEN {
+                self.setting_seen = 0;
+                let [id0, id1, v0, v1, v2, v3] = self.setting;
+                if u16::from_be_bytes([id0, id1]) == MAX_CONCURRENT_STREAMS {
+                    self.limit = Some(u32::from_be_bytes([v0, v1, v2, v3]));
+                }
+            }
+        }
     }
 }
 
@@ -293,18 +331,33 @@ mod tests {
         frame
     }
 
+    /// What the watch learned last from `bytes` fed in pieces of `piece`.
     fn read_in_pieces(bytes: &[u8], piece: usize) -> Option<Learned> {
-        let mut first = FirstFrame::default();
+        let mut watch = SettingsWatch::default();
+        let mut last = None;
         for chunk in bytes.chunks(piece) {
-            if let Some(found) = first.feed(chunk) {
-                assert!(first.done());
-                return Some(found);
-            }
-            if first.done() {
-                return None;
+            if let Some(found) = watch.feed(chunk) {
+                last = Some(found);
             }
         }
-        None
+        last
+    }
+
+    /// A frame of `kind` with `flags` and a payload of `len` bytes.
+    fn frame(kind: u8, flags: u8, len: usize) -> Vec<u8> {
+        let mut frame = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            flags,
+            0,
+            0,
+            0,
+            1,
+        ];
+        frame.resize(FRAME_HEADER_LEN + len, 0xab);
+        frame
     }
 
     #[test]
@@ -330,9 +383,44 @@ mod tests {
 
     #[test]
     fn a_first_frame_that_is_not_settings_teaches_nothing() {
-        // A GOAWAY first (a broken server): no limit learned, the reader stops looking.
-        let goaway = [0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-        assert_eq!(read_in_pieces(&goaway, 4), None);
+        // A GOAWAY first (a broken server): no limit learned, the watch stops looking.
+        let mut bytes = frame(0x7, 0, 8);
+        bytes.extend(settings(&[(0x3, 5)]));
+        assert_eq!(read_in_pieces(&bytes, 4), None);
+    }
+
+    #[test]
+    fn a_later_settings_frame_changes_the_limit_between_other_frames() {
+        let mut bytes = settings(&[(0x3, 100)]);
+        bytes.extend(frame(0x4, SETTINGS_ACK, 0));
+        bytes.extend(frame(0x1, 0x4, 300)); // HEADERS
+        bytes.extend(frame(0x0, 0, 20_000)); // DATA, larger than a read
+        bytes.extend(settings(&[(0x3, 10)]));
+        bytes.extend(frame(0x0, 0x1, 5));
+        for piece in [1, 7, 9, 100, 16_384] {
+            let mut watch = SettingsWatch::default();
+            let learned: Vec<Learned> = bytes.chunks(piece).filter_map(|c| watch.feed(c)).collect();
+            assert_eq!(
+                learned,
+                [Learned::Limit(100), Learned::Limit(10)],
+                "pieces of {piece}"
+            );
+        }
+        // All in one read: the last word counts.
+        assert_eq!(
+            read_in_pieces(&bytes, bytes.len()),
+            Some(Learned::Limit(10))
+        );
+    }
+
+    #[test]
+    fn a_later_settings_frame_without_the_limit_changes_nothing() {
+        let mut bytes = settings(&[(0x3, 2)]);
+        bytes.extend(frame(0x0, 0, 40));
+        bytes.extend(settings(&[(0x4, 1 << 20)]));
+        let mut watch = SettingsWatch::default();
+        let learned: Vec<Learned> = bytes.chunks(5).filter_map(|c| watch.feed(c)).collect();
+        assert_eq!(learned, [Learned::Limit(2)]);
     }
 
     #[test]
