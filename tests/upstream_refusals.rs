@@ -161,13 +161,13 @@ async fn a_refused_stream_is_sent_again_on_the_same_connection() {
     assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
 }
 
-#[tokio::test]
-async fn a_burst_beyond_the_upstreams_stream_limit_is_spread_over_connections() {
-    const BURST: usize = 6;
+/// A burst of `burst` GETs through azgate to an upstream allowing two streams at a time,
+/// after `warm_up` requests answered at once. Every request of the burst is answered only
+/// once all of them are at the upstream together: one left waiting behind another (or
+/// refused for good) and none is answered. Returns how many connections the upstream saw.
+async fn burst_past_a_limit_of_two(warm_up: usize, burst: usize) -> usize {
     let ca = TestCa::new();
     let connections = Arc::new(AtomicUsize::new(0));
-    // Every request is answered only once all of them are at the upstream together: one
-    // left waiting behind another (or refused for good) and none is answered.
     let arrived = Arc::new(AtomicUsize::new(0));
     let all_here = Arc::new(tokio::sync::Notify::new());
     let (c, a, n) = (connections.clone(), arrived.clone(), all_here.clone());
@@ -177,14 +177,16 @@ async fn a_burst_beyond_the_upstreams_stream_limit_is_spread_over_connections() 
         c.fetch_add(1, Ordering::SeqCst);
         let (arrived, all_here) = (a.clone(), n.clone());
         async move {
-            while let Some(Ok((_request, mut respond))) = connection.accept().await {
+            while let Some(Ok((request, mut respond))) = connection.accept().await {
                 let (arrived, all_here) = (arrived.clone(), all_here.clone());
                 tokio::spawn(async move {
-                    let waiting = all_here.notified();
-                    if arrived.fetch_add(1, Ordering::SeqCst) + 1 == BURST {
-                        all_here.notify_waiters();
-                    } else {
-                        waiting.await;
+                    if request.uri().path() != "/warm-up" {
+                        let waiting = all_here.notified();
+                        if arrived.fetch_add(1, Ordering::SeqCst) + 1 == burst {
+                            all_here.notify_waiters();
+                        } else {
+                            waiting.await;
+                        }
                     }
                     let response = Response::builder().status(200).body(()).unwrap();
                     if let Ok(mut send) = respond.send_response(response, false) {
@@ -197,24 +199,45 @@ async fn a_burst_beyond_the_upstreams_stream_limit_is_spread_over_connections() 
     .await;
     let gw = azgate_to(&url, &ca).await;
     let client = client();
-    let burst = (0..BURST).map(|i| {
+    for _ in 0..warm_up {
+        let response = client.get(format!("{}/warm-up", gw.url)).send().await;
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    let requests = (0..burst).map(|i| {
         let request = client.get(format!("{}/items/{i}", gw.url)).send();
         async move {
             let response = request.await.unwrap();
-            (response.status(), response.text().await.unwrap())
+            // Sent only when there was more than one.
+            let attempts = response.headers().get("x-azgate-attempts").cloned();
+            (response.status(), attempts, response.text().await.unwrap())
         }
     });
     let answers = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        futures_util::future::join_all(burst),
+        futures_util::future::join_all(requests),
     )
     .await
     .expect("every request of the burst reached the upstream at once");
-    for (status, text) in answers {
-        assert_eq!((status.as_u16(), text.as_str()), (200, "done"));
+    for (status, attempts, text) in answers {
+        // One attempt each: none was sent past the limit and refused.
+        assert_eq!(
+            (status.as_u16(), attempts, text.as_str()),
+            (200, None, "done")
+        );
     }
-    assert_eq!(arrived.load(Ordering::SeqCst), BURST);
-    assert!(connections.load(Ordering::SeqCst) >= BURST / 2);
+    assert_eq!(arrived.load(Ordering::SeqCst), burst);
+    connections.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn a_cold_burst_beyond_the_upstreams_stream_limit_is_spread_over_connections() {
+    assert_eq!(burst_past_a_limit_of_two(0, 12).await, 6);
+}
+
+#[tokio::test]
+async fn a_burst_beyond_the_limit_of_a_pooled_connection_is_spread_over_new_ones() {
+    // The pooled connection takes two; each new one learns the limit before it is shared.
+    assert_eq!(burst_past_a_limit_of_two(1, 12).await, 6);
 }
 
 /// An HTTP/2 upstream answering every request with `200`, `Content-Length: 5` and, unless

@@ -21,7 +21,8 @@ use super::connect::{ConnectError, Endpoint};
 use super::streams::{SettingsReader, StreamSlot, Streams, UpstreamBody};
 use crate::proxy::body::ProxyBody;
 
-/// How long a connection may stay unused in the pool (checked every [`REAP_EVERY`]).
+/// How long a connection stays unused in the pool at least (checked every [`REAP_EVERY`],
+/// so it goes within one more check).
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 const REAP_EVERY: Duration = Duration::from_secs(5);
 const IDLE_TICKS: u64 = IDLE_TIMEOUT.as_secs() / REAP_EVERY.as_secs();
@@ -147,6 +148,11 @@ impl HostPool {
                             }
                             None => err,
                         },
+                        // Never sent on a new connection whose server said GOAWAY first.
+                        Err(err) if !reused && stream.going_away() => {
+                            self.retire_h2(generation);
+                            return Err(SendError::Unprocessed(err.into_error()));
+                        }
                         Err(err) => err,
                     }
                 }
@@ -227,11 +233,16 @@ impl HostPool {
                 .handshake(io)
                 .await
                 .map_err(|err| ConnectError::handshake(err.into()))?;
+            let ended = streams.clone();
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
                     tracing::debug!("upstream HTTP/2 connection ended: {err}");
                 }
+                ended.settle();
             });
+            // Those waiting to share the connection learn its limit first: sent before the
+            // server's SETTINGS arrive, a burst would go past it (waiting or refused).
+            streams.settled().await;
             let stream = streams.force();
             let mut state = self.lock();
             state.prefers_h2 = true;
@@ -314,7 +325,8 @@ impl HostPool {
 impl State {
     fn reuse(&mut self) -> Option<Conn> {
         if !self.shared.is_empty() {
-            self.shared.retain(|s| !s.sender.is_closed());
+            self.shared
+                .retain(|s| !s.sender.is_closed() && !s.streams.going_away());
             for shared in &mut self.shared {
                 if let Some(stream) = shared.streams.take() {
                     shared.last_used = self.tick;
@@ -345,13 +357,19 @@ async fn reap(pool: Weak<HostPool>) {
         let mut state = pool.lock();
         state.tick += 1;
         let now = state.tick;
+        // Unused for more than IDLE_TICKS whole ticks: closed 50 to 55 s after its last use.
         state
             .idle
-            .retain(|idle| now - idle.since < IDLE_TICKS && !idle.sender.is_closed());
-        // A connection still carrying a request (a long download, say) stays.
-        state.shared.retain(|s| {
-            !s.sender.is_closed() && (now - s.last_used < IDLE_TICKS || s.streams.open() > 0)
-        });
+            .retain(|idle| now - idle.since <= IDLE_TICKS && !idle.sender.is_closed());
+        for shared in &mut state.shared {
+            // In use while it carries a request (a long download, say): idle from its end.
+            if shared.streams.open() > 0 {
+                shared.last_used = now;
+            }
+        }
+        state
+            .shared
+            .retain(|s| now - s.last_used <= IDLE_TICKS && !s.sender.is_closed());
         if state.idle.is_empty() && state.shared.is_empty() {
             state.reaping = false;
             return;

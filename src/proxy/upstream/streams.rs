@@ -7,29 +7,32 @@
 //! the connection until a stream ends (a long download holds its place for minutes) or,
 //! sent before the client saw the SETTINGS, is refused. So [`SettingsReader`] reads the
 //! limit from the server's SETTINGS frames as the bytes go by (the first one, and any later
-//! one that changes it), and each request takes a [`StreamSlot`] of its connection's
+//! one that changes it), the pool lets nobody share a new connection before its first
+//! SETTINGS frame has arrived, and each request takes a [`StreamSlot`] of its connection's
 //! [`Streams`] for as long as its response body lives.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
-/// What a connection allows until its server's SETTINGS arrive: hyper's client sends no
-/// more before it knows (its `initial_max_send_streams`), and RFC 9113 asks servers to
-/// allow at least this many.
+/// What a connection is taken to allow if its server's first frame is not SETTINGS: what
+/// hyper's client assumes before it knows (its `initial_max_send_streams`), and RFC 9113
+/// asks servers to allow at least this many.
 const ASSUMED_LIMIT: usize = 100;
 
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` (RFC 9113, 6.5.2).
 const MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const SETTINGS_FRAME: u8 = 0x4;
 const SETTINGS_ACK: u8 = 0x1;
+const GOAWAY_FRAME: u8 = 0x7;
 const FRAME_HEADER_LEN: usize = 9;
 const SETTING_LEN: usize = 6;
 
@@ -37,6 +40,11 @@ const SETTING_LEN: usize = 6;
 pub(super) struct Streams {
     open: AtomicUsize,
     limit: AtomicUsize,
+    /// The server's first frame has been read (or the connection is gone).
+    settled: AtomicBool,
+    on_settled: Notify,
+    /// The server sent GOAWAY: the connection takes no new requests.
+    going_away: AtomicBool,
 }
 
 impl Streams {
@@ -44,11 +52,38 @@ impl Streams {
         Arc::new(Self {
             open: AtomicUsize::new(0),
             limit: AtomicUsize::new(ASSUMED_LIMIT),
+            settled: AtomicBool::new(false),
+            on_settled: Notify::new(),
+            going_away: AtomicBool::new(false),
         })
     }
 
-    /// A stream for one request, unless the connection has none to spare.
+    /// Waits until the server's first frame has been read (or the connection has ended).
+    pub(super) async fn settled(&self) {
+        loop {
+            let notified = self.on_settled.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.settled.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The server's first frame has been read, or the connection has ended.
+    pub(super) fn settle(&self) {
+        if !self.settled.swap(true, Ordering::AcqRel) {
+            self.on_settled.notify_waiters();
+        }
+    }
+
+    /// A stream for one request, unless the connection has none to spare (or is going
+    /// away).
     pub(super) fn take(self: &Arc<Self>) -> Option<StreamSlot> {
+        if self.going_away() {
+            return None;
+        }
         let limit = self.limit.load(Ordering::Relaxed);
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
@@ -71,7 +106,11 @@ impl Streams {
 
     /// Whether [`take`](Self::take) would give a stream now.
     pub(super) fn has_room(&self) -> bool {
-        self.open() < self.limit.load(Ordering::Relaxed)
+        !self.going_away() && self.open() < self.limit.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn going_away(&self) -> bool {
+        self.going_away.load(Ordering::Relaxed)
     }
 
     fn set_limit(&self, limit: u32) {
@@ -88,6 +127,13 @@ impl Streams {
 
 /// One request's place on an HTTP/2 connection, given back when dropped.
 pub(super) struct StreamSlot(Arc<Streams>);
+
+impl StreamSlot {
+    /// The connection's server has sent GOAWAY.
+    pub(super) fn going_away(&self) -> bool {
+        self.0.going_away()
+    }
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
@@ -167,10 +213,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for SettingsReader<S> {
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if !this.watch.gave_up() {
-            match this.watch.feed(&buf.filled()[before..]) {
+            let learned = this.watch.feed(&buf.filled()[before..]);
+            match learned {
                 Some(Learned::Limit(limit)) => this.streams.set_limit(limit),
                 Some(Learned::Unlimited) => this.streams.set_unlimited(),
                 None => {}
+            }
+            if learned.is_some() || this.watch.gave_up() {
+                this.streams.settle();
+            }
+            if this.watch.going_away() && !this.streams.going_away() {
+                this.streams.going_away.store(true, Ordering::Relaxed);
             }
         }
         result
@@ -215,9 +268,9 @@ enum Learned {
     Unlimited,
 }
 
-/// Follows the server's frames, in whatever pieces they arrive, for the stream limit: each
-/// frame's header is read, a SETTINGS payload parameter by parameter (six bytes each), any
-/// other payload skipped by its length.
+/// Follows the server's frames, in whatever pieces they arrive, for the stream limit and a
+/// GOAWAY: each frame's header is read, a SETTINGS payload parameter by parameter (six
+/// bytes each), any other payload skipped by its length.
 #[derive(Default)]
 struct SettingsWatch {
     header: [u8; FRAME_HEADER_LEN],
@@ -234,11 +287,17 @@ struct SettingsWatch {
     settled: bool,
     /// The server's first frame was not SETTINGS: not HTTP/2 as expected, nothing assumed.
     gave_up: bool,
+    /// The server sent GOAWAY.
+    going_away: bool,
 }
 
 impl SettingsWatch {
     fn gave_up(&self) -> bool {
         self.gave_up
+    }
+
+    fn going_away(&self) -> bool {
+        self.going_away
     }
 
     /// Takes the next bytes from the server; returns what the last SETTINGS frame they
@@ -281,6 +340,9 @@ impl SettingsWatch {
 
     fn start_frame(&mut self) {
         let [a, b, c, kind, flags, ..] = self.header;
+        if kind == GOAWAY_FRAME {
+            self.going_away = true;
+        }
         if !self.settled && kind != SETTINGS_FRAME {
             self.gave_up = true;
             return;
@@ -411,6 +473,32 @@ mod tests {
             read_in_pieces(&bytes, bytes.len()),
             Some(Learned::Limit(10))
         );
+    }
+
+    #[test]
+    fn a_goaway_is_noticed_after_the_settings_or_in_their_place() {
+        let mut bytes = settings(&[(0x3, 2)]);
+        bytes.extend(frame(0x0, 0, 40));
+        let mut watch = SettingsWatch::default();
+        watch.feed(&bytes);
+        assert!(!watch.going_away());
+        watch.feed(&frame(GOAWAY_FRAME, 0, 8)[..5]);
+        assert!(!watch.going_away(), "not before its header is whole");
+        watch.feed(&frame(GOAWAY_FRAME, 0, 8)[5..]);
+        assert!(watch.going_away());
+        let mut first = SettingsWatch::default();
+        first.feed(&frame(GOAWAY_FRAME, 0, 8));
+        assert!(first.going_away() && first.gave_up());
+    }
+
+    #[test]
+    fn a_connection_going_away_gives_no_stream() {
+        let streams = Streams::new();
+        let slot = streams.take().unwrap();
+        streams.going_away.store(true, Ordering::Relaxed);
+        assert!(slot.going_away());
+        assert!(streams.take().is_none());
+        assert!(!streams.has_room());
     }
 
     #[test]

@@ -288,11 +288,12 @@ async fn idle_connection_closes_after_the_idle_timeout(offer: Offer) {
     let pooled_one = if offer == Offer::H2 { (0, 1) } else { (1, 0) };
     until(|| pooled(&upstream) == pooled_one).await;
     // Paused only now: with sockets in flight, a paused clock would jump ahead.
+    // The reaper started with it, so it goes at the end of the range, after 55 s.
     tokio::time::pause();
-    tokio::time::sleep(Duration::from_secs(44)).await;
-    assert_eq!(pooled(&upstream), pooled_one, "still pooled after 44 s");
+    tokio::time::sleep(Duration::from_secs(54)).await;
+    assert_eq!(pooled(&upstream), pooled_one, "still pooled after 54 s");
     assert_eq!(mock.closed(), 0);
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(pooled(&upstream), (0, 0), "gone after 56 s");
     tokio::time::resume();
     until(|| mock.closed() == 1).await;
@@ -439,4 +440,47 @@ async fn requests_beyond_the_upstreams_stream_limit_open_another_h2_connection()
         get(&upstream, &mock.url, &format!("/after/{i}")).await;
     }
     assert_eq!(mock.opened(), 2);
+}
+
+#[tokio::test]
+async fn an_h2_connection_is_idle_from_the_end_of_its_last_request_not_its_start() {
+    let mock = mock(Offer::H2, None).await;
+    let upstream = mock.upstream();
+    let held = {
+        let (upstream, base) = (upstream.clone(), mock.url.clone());
+        tokio::spawn(async move {
+            let request = Request::get(format!("{base}/hold"))
+                .body(body::empty())
+                .unwrap();
+            let response = upstream
+                .send(request, Duration::from_secs(3600), &base)
+                .await
+                .unwrap();
+            response.into_body().collect().await.unwrap();
+        })
+    };
+    until(|| mock.holding.load(Ordering::SeqCst) == 1).await;
+    // A request that lasts longer than the idle timeout keeps its connection.
+    tokio::time::pause();
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    assert_eq!(pooled(&upstream), (0, 1), "kept while carrying a request");
+    tokio::time::resume();
+    mock.release.add_permits(1);
+    held.await.unwrap();
+    // Idle from here: still pooled 49 s later, gone by 56 s.
+    tokio::time::pause();
+    tokio::time::sleep(Duration::from_secs(49)).await;
+    assert_eq!(
+        pooled(&upstream),
+        (0, 1),
+        "still pooled 49 s after the request ended"
+    );
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        pooled(&upstream),
+        (0, 0),
+        "gone 56 s after the request ended"
+    );
+    tokio::time::resume();
+    assert_eq!(mock.opened(), 1);
 }
