@@ -5,6 +5,7 @@
 
 mod connect;
 mod pool;
+mod settings;
 mod streams;
 
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! One upstream's connections. HTTP/1.1 connections wait idle between requests (the most
 //! recently used goes first); when ALPN takes `h2`, requests share an HTTP/2 connection,
-//! as many at once as its server allows (`streams.rs`), and another is opened when every
+//! as many at once as its server allows (`streams.rs`, `settings.rs`), and another is opened when every
 //! one is full. Idle connections close after [`IDLE_TIMEOUT`], before common server and
 //! load-balancer idle timeouts (60 s and up), so azgate never reuses one the other side is
 //! closing.
@@ -18,7 +18,8 @@ use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::{ConnectError, Endpoint};
-use super::streams::{SettingsReader, StreamSlot, Streams, UpstreamBody};
+use super::settings::SettingsReader;
+use super::streams::{StreamSlot, Streams, UpstreamBody};
 use crate::proxy::body::ProxyBody;
 
 /// How long a connection stays unused in the pool at least (checked every [`REAP_EVERY`],
