@@ -247,20 +247,18 @@ impl HostPool {
             let stream = streams.force();
             let mut state = self.lock();
             state.prefers_h2 = true;
-            // Kept for the next requests, unless a live one with room was shared meanwhile
-            // (a burst before ALPN was known): this one then serves only its first request.
+            // Kept for the next requests even if another one has room again by now (its
+            // requests ended meanwhile): the reaper closes whichever goes unused.
             state.generations += 1;
             let generation = state.generations;
-            if !state.has_room() {
-                let last_used = state.tick;
-                state.shared.push(Shared {
-                    sender: sender.clone(),
-                    streams,
-                    last_used,
-                    generation,
-                });
-                self.reap_while_pooled(&mut state);
-            }
+            let last_used = state.tick;
+            state.shared.push(Shared {
+                sender: sender.clone(),
+                streams,
+                last_used,
+                generation,
+            });
+            self.reap_while_pooled(&mut state);
             Ok(Conn::H2(sender, generation, stream))
         } else {
             let (sender, connection) = http1::Builder::new()
@@ -341,13 +339,6 @@ impl State {
             }
         }
         None
-    }
-
-    /// Some live HTTP/2 connection could take another request.
-    fn has_room(&self) -> bool {
-        self.shared
-            .iter()
-            .any(|s| !s.sender.is_closed() && s.streams.has_room())
     }
 }
 

@@ -94,11 +94,6 @@ impl Streams {
         self.open.load(Ordering::Acquire)
     }
 
-    /// Whether [`take`](Self::take) would give a stream now.
-    pub(super) fn has_room(&self) -> bool {
-        !self.going_away() && self.open() < self.limit.load(Ordering::Relaxed)
-    }
-
     pub(super) fn going_away(&self) -> bool {
         self.going_away.load(Ordering::Relaxed)
     }
@@ -191,7 +186,6 @@ mod tests {
         streams.go_away();
         assert!(slot.going_away());
         assert!(streams.take().is_none());
-        assert!(!streams.has_room());
     }
 
     #[test]

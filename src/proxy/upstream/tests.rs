@@ -44,11 +44,17 @@ struct Mock {
 }
 
 async fn mock(offer: Offer, close_after: Option<Duration>) -> Mock {
-    mock_with(offer, close_after, None).await
+    mock_with(offer, close_after, None, None).await
 }
 
-/// With `max_streams`, HTTP/2 connections allow that many streams at a time.
-async fn mock_with(offer: Offer, close_after: Option<Duration>, max_streams: Option<u32>) -> Mock {
+/// With `max_streams`, HTTP/2 connections allow that many streams at a time; with `gate`,
+/// each connection after the first waits for one of its permits before its handshakes.
+async fn mock_with(
+    offer: Offer,
+    close_after: Option<Duration>,
+    max_streams: Option<u32>,
+    gate: Option<Arc<Semaphore>>,
+) -> Mock {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tls, ca) = match offer {
@@ -75,9 +81,13 @@ async fn mock_with(offer: Offer, close_after: Option<Duration>, max_streams: Opt
     let (h, r) = (holding.clone(), release.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            o.fetch_add(1, Ordering::SeqCst);
+            let first = o.fetch_add(1, Ordering::SeqCst) == 0;
             let (tls, c, h, r) = (tls.clone(), c.clone(), h.clone(), r.clone());
+            let gate = gate.clone().filter(|_| !first);
             tokio::spawn(async move {
+                if let Some(gate) = gate {
+                    gate.acquire().await.unwrap().forget();
+                }
                 let service = service_fn(move |request: Request<Incoming>| {
                     let (h, r) = (h.clone(), r.clone());
                     async move {
@@ -407,7 +417,7 @@ async fn a_connect_nobody_answers_gives_up_after_the_connect_timeout() {
 
 #[tokio::test]
 async fn requests_beyond_the_upstreams_stream_limit_open_another_h2_connection() {
-    let mock = mock_with(Offer::H2, None, Some(2)).await;
+    let mock = mock_with(Offer::H2, None, Some(2), None).await;
     let upstream = mock.upstream();
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -483,4 +493,41 @@ async fn an_h2_connection_is_idle_from_the_end_of_its_last_request_not_its_start
     );
     tokio::time::resume();
     assert_eq!(mock.opened(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_opened_for_a_full_pool_is_kept_though_room_came_back_meanwhile() {
+    let gate = Arc::new(Semaphore::new(0));
+    let mock = mock_with(Offer::H2, None, Some(2), Some(gate.clone())).await;
+    let upstream = mock.upstream();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (upstream, base, finished) = (upstream.clone(), mock.url.clone(), finished.clone());
+        held.push(tokio::spawn(async move {
+            get(&upstream, &base, "/hold").await;
+            finished.fetch_add(1, Ordering::SeqCst);
+        }));
+    }
+    until(|| mock.holding.load(Ordering::SeqCst) == 2).await;
+    // The first connection is full: a third request opens a second one, whose handshakes
+    // the upstream holds back while one of the first two requests ends.
+    let third = {
+        let (upstream, base) = (upstream.clone(), mock.url.clone());
+        tokio::spawn(async move { get(&upstream, &base, "/third").await })
+    };
+    until(|| mock.opened() == 2).await;
+    mock.release.add_permits(1);
+    until(|| finished.load(Ordering::SeqCst) == 1).await;
+    gate.add_permits(1);
+    assert_eq!(third.await.unwrap().0, Version::HTTP_2);
+    assert_eq!(
+        pooled(&upstream),
+        (0, 2),
+        "both connections kept for the next requests"
+    );
+    mock.release.add_permits(1);
+    for held in held {
+        held.await.unwrap();
+    }
 }
