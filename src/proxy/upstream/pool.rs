@@ -1,9 +1,9 @@
 //! One upstream's connections. HTTP/1.1 connections wait idle between requests (the most
 //! recently used goes first); when ALPN takes `h2`, requests share an HTTP/2 connection,
-//! as many at once as its server allows (`streams.rs`, `settings.rs`), and another is opened when every
-//! one is full. Idle connections close after [`IDLE_TIMEOUT`], before common server and
-//! load-balancer idle timeouts (60 s and up), so azgate never reuses one the other side is
-//! closing.
+//! as many at once as its server allows (`settings.rs` reads the limit, `streams.rs`
+//! counts), and another is opened when every one is full. Idle connections close after
+//! [`IDLE_TIMEOUT`], before common server and load-balancer idle timeouts (60 s and up),
+//! so azgate never reuses one the other side is closing.
 //!
 //! A route holds its upstream's pool directly (found once, when the route is built), so a
 //! request takes a connection with one short lock and no lookup.
@@ -126,7 +126,8 @@ impl HostPool {
     }
 
     /// Sends `request` (absolute URI) on a pooled or new connection. A request the
-    /// upstream never received because a reused connection had closed is sent again.
+    /// upstream never received because a reused connection had closed is sent again; one
+    /// it refused unprocessed is reported so, for the retry policy to send again.
     pub(super) async fn send(
         self: &Arc<Self>,
         mut request: Request<ProxyBody>,
