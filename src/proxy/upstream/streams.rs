@@ -7,9 +7,9 @@
 //! the connection until a stream ends (a long download holds its place for minutes) or,
 //! sent before the client saw the SETTINGS, is refused. So `settings.rs` reads the limit
 //! from the server's SETTINGS frames as the bytes go by (the first one, and any later one
-//! that changes it) into the connection's [`Streams`], the pool lets nobody share a new connection before its first
-//! SETTINGS frame has arrived, and each request takes a [`StreamSlot`] of them for as long
-//! as its response body lives.
+//! that changes it) into the connection's [`Streams`], the pool lets nobody share a new
+//! connection before its first SETTINGS frame has arrived, and each request takes a
+//! [`StreamSlot`] of them for as long as its response body lives.
 
 use std::pin::Pin;
 use std::sync::Arc;
