@@ -432,10 +432,8 @@ async fn requests_beyond_the_upstreams_stream_limit_open_another_h2_connection()
         1,
         "both held requests share the first connection"
     );
-    // The first connection has no stream to spare: the next request must not wait there.
-    // hyper's client has read the server's SETTINGS by now (the race at a connection's
-    // start, a request sent before them and refused, is another test's).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first connection has no stream to spare (its limit was read before it was
+    // shared): the next request must not wait there.
     let answer = tokio::time::timeout(Duration::from_secs(3), get(&upstream, &mock.url, "/quick"))
         .await
         .expect("answered beside two held streams");
