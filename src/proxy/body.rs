@@ -41,6 +41,51 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
+/// A body holding `guard` for as long as it lives: what the guard stands for (a request
+/// counted busy, a stream on an upstream connection) ends when the body is finished and
+/// dropped, or abandoned.
+pub struct Guarded<B, G> {
+    inner: B,
+    _guard: G,
+}
+
+impl<B, G> Guarded<B, G> {
+    pub fn new(inner: B, guard: G) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body + Unpin, G: Unpin> Body for Guarded<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: std::fmt::Debug, G> std::fmt::Debug for Guarded<B, G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The upstream went quiet in the middle of a response body for longer than the route's
 /// timeout.
 #[derive(Debug, thiserror::Error)]

@@ -12,13 +12,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Request, Response, Version, header};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -30,6 +29,7 @@ use super::deadlines::{Deadlines, ReadReady};
 use super::lifecycle::{Phase, reached};
 use super::listener::Shared;
 use super::woken::WhenWoken;
+use crate::proxy::body::Guarded;
 use crate::proxy::{BodyReadGuard, ConnInfo, ResponseBody};
 
 /// What the service answers a request with. Boxed: hyper's HTTP/1.1 connection can only
@@ -84,7 +84,7 @@ pub(super) async fn serve_http<S>(
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                Ok::<_, Infallible>(response.map(|inner| Tracked { inner, _busy: busy }))
+                Ok::<_, Infallible>(response.map(|inner| Guarded::new(inner, busy)))
             }) as Answer
         })
     };
@@ -312,30 +312,7 @@ impl Drop for BusyGuard {
 
 /// A response body that keeps its request counted as busy until it is finished (or
 /// dropped), so a long download is not mistaken for an idle connection.
-pub(super) struct Tracked<B> {
-    inner: B,
-    _busy: BusyGuard,
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+pub(super) type Tracked<B> = Guarded<B, BusyGuard>;
 
 /// HTTP/2 streams run as tasks of their own (hyper spawns them); this executor keeps them
 /// owned by the server: counted in the drain's task tracker and dropped when the server is

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use super::connect::{ConnectError, Endpoint};
 use super::settings::SettingsReader;
 use super::streams::{StreamSlot, Streams, UpstreamBody};
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{Guarded, ProxyBody};
 
 /// How long a connection stays unused in the pool at least (checked every [`REAP_EVERY`],
 /// so it goes within one more check).
@@ -139,23 +139,25 @@ impl HostPool {
             let mut added_host = false;
             let mut error: TrySendError<Request<ProxyBody>> = match conn {
                 Conn::H2(mut sender, generation, stream) => {
-                    match sender.try_send_request(request).await {
+                    let err = match sender.try_send_request(request).await {
                         Ok(response) => return Ok(held(response, Some(stream))),
-                        Err(err) if err.message().is_none() => match refusal(err.error()) {
-                            Some(refusal) => {
-                                if refusal == Refusal::GoingAway {
-                                    self.retire_h2(generation);
-                                }
-                                return Err(SendError::Unprocessed(err.into_error()));
-                            }
-                            None => err,
-                        },
+                        Err(err) => err,
+                    };
+                    let refused = match err.message() {
+                        None => refusal(err.error()),
                         // Never sent on a new connection whose server said GOAWAY first.
-                        Err(err) if !reused && stream.going_away() => {
-                            self.retire_h2(generation);
+                        Some(_) if !reused && stream.going_away() => Some(Refusal::GoingAway),
+                        // Never sent otherwise: sent again below if the connection was reused.
+                        Some(_) => None,
+                    };
+                    match refused {
+                        Some(refusal) => {
+                            if refusal == Refusal::GoingAway {
+                                self.retire_h2(generation);
+                            }
                             return Err(SendError::Unprocessed(err.into_error()));
                         }
-                        Err(err) => err,
+                        None => err,
                     }
                 }
                 Conn::H1(mut sender) => {
@@ -372,7 +374,7 @@ async fn reap(pool: Weak<HostPool>) {
 
 /// The response with its body holding the request's HTTP/2 stream, if any.
 fn held(response: Response<Incoming>, stream: Option<StreamSlot>) -> Response<UpstreamBody> {
-    response.map(|incoming| UpstreamBody::new(incoming, stream))
+    response.map(|incoming| Guarded::new(incoming, stream))
 }
 
 #[derive(PartialEq)]

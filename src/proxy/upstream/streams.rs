@@ -11,15 +11,13 @@
 //! connection before its first SETTINGS frame has arrived, and each request takes a
 //! [`StreamSlot`] of them for as long as its response body lives.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::Notify;
+
+use crate::proxy::body::Guarded;
 
 /// What a connection is taken to allow if its server's first frame is not SETTINGS: what
 /// hyper's client assumes before it knows (its `initial_max_send_streams`), and RFC 9113
@@ -116,7 +114,7 @@ impl Streams {
 }
 
 /// One request's place on an HTTP/2 connection, given back when dropped.
-pub(super) struct StreamSlot(Arc<Streams>);
+pub struct StreamSlot(Arc<Streams>);
 
 impl StreamSlot {
     /// The connection's server has sent GOAWAY.
@@ -132,48 +130,7 @@ impl Drop for StreamSlot {
 }
 
 /// An upstream response's body; over HTTP/2 it holds its request's stream until dropped.
-pub struct UpstreamBody {
-    incoming: Incoming,
-    _stream: Option<StreamSlot>,
-}
-
-impl UpstreamBody {
-    pub(super) fn new(incoming: Incoming, stream: Option<StreamSlot>) -> Self {
-        Self {
-            incoming,
-            _stream: stream,
-        }
-    }
-}
-
-impl std::fmt::Debug for UpstreamBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
-            .field("incoming", &self.incoming)
-            .field("holds_a_stream", &self._stream.is_some())
-            .finish()
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.incoming).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
-    }
-}
+pub type UpstreamBody = Guarded<Incoming, Option<StreamSlot>>;
 
 #[cfg(test)]
 mod tests {

@@ -193,13 +193,20 @@ impl Mock {
 
 /// Sends GET `path` and reads the answer to the end.
 async fn get(upstream: &Upstream, base: &str, path: &str) -> (Version, String) {
+    get_within(upstream, base, path, Duration::from_secs(5)).await
+}
+
+/// The same, waiting up to `timeout` for the response headers.
+async fn get_within(
+    upstream: &Upstream,
+    base: &str,
+    path: &str,
+    timeout: Duration,
+) -> (Version, String) {
     let request = Request::get(format!("{base}{path}"))
         .body(body::empty())
         .unwrap();
-    let response = upstream
-        .send(request, Duration::from_secs(5), base)
-        .await
-        .unwrap();
+    let response = upstream.send(request, timeout, base).await.unwrap();
     let version = response.version();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (version, String::from_utf8_lossy(&bytes).into_owned())
@@ -456,15 +463,9 @@ async fn an_h2_connection_is_idle_from_the_end_of_its_last_request_not_its_start
     let upstream = mock.upstream();
     let held = {
         let (upstream, base) = (upstream.clone(), mock.url.clone());
+        // Under the paused clock below, the wait for its answer must not time out.
         tokio::spawn(async move {
-            let request = Request::get(format!("{base}/hold"))
-                .body(body::empty())
-                .unwrap();
-            let response = upstream
-                .send(request, Duration::from_secs(3600), &base)
-                .await
-                .unwrap();
-            response.into_body().collect().await.unwrap();
+            get_within(&upstream, &base, "/hold", Duration::from_secs(3600)).await
         })
     };
     until(|| mock.holding.load(Ordering::SeqCst) == 1).await;
