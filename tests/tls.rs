@@ -241,6 +241,28 @@ async fn rotated_certificates_serve_new_handshakes_while_open_connections_stay()
         .expect("the server and its certificate poll stop");
 }
 
+/// A client's first request often arrives in the same read as its last handshake message,
+/// so rustls already holds it decrypted when azgate first looks for a request: it is served
+/// at once, not left waiting for bytes in the socket until the header timeout.
+#[tokio::test]
+async fn a_request_sent_with_the_handshake_s_last_message_is_served_at_once() {
+    let upstream = MockUpstream::echo().await;
+    let files = TlsFiles::new("azgate-server", None);
+    let gw = start(&files, &upstream, false, "header_timeout = \"30s\"").await;
+    let started = Instant::now();
+    let answer = files
+        .client()
+        .send_with_finished(
+            gw.addr,
+            b"GET /early HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\"path\":\"/early\""), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
 #[tokio::test]
 async fn server_keys_load_as_pkcs8_pkcs1_and_sec1_rsa_and_ec() {
     let upstream = MockUpstream::echo().await;

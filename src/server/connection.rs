@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Request, Response, Version, header};
 use http_body::Body;
@@ -126,27 +126,41 @@ pub(super) async fn serve_http<S>(
     }
 }
 
-/// Reads the connection's first bytes, up to the length of HTTP/2's preface or the first
-/// byte that differs from it, and puts them back to be read again. `Some(true)` for
+/// The most the protocol sniff reads at once: more than a usual request head, and less
+/// than hyper's first read of a connection (8 KiB). A first read that filled hyper's
+/// buffer would change how the buffer grows: a head arriving in one burst could then be
+/// read to three times `max_header_bytes` before the parser stops it, not twice
+/// (`listener::parser_head_limit`).
+const FIRST_READ: usize = 4 * 1024;
+
+/// Reads what the client has sent so far (at least the length of HTTP/2's preface, unless
+/// a byte differs from it first), and puts it back to be read again. `Some(true)` for
 /// HTTP/2 with prior knowledge, `Some(false)` for HTTP/1.1, `None` when the client closed
 /// without a byte. Bounded by the deadline for a first request (`Deadlines`).
-async fn sniff<S: AsyncRead + Unpin>(io: &mut Deadlines<S>) -> std::io::Result<Option<bool>> {
-    let mut first = [0u8; H2_PREFACE.len()];
-    let mut filled = 0;
-    let mut h2 = true;
-    while filled < first.len() {
-        let n = io.read(&mut first[filled..]).await?;
-        if n == 0 || first[filled..filled + n] != H2_PREFACE[filled..filled + n] {
-            h2 = false;
-            filled += n;
-            break;
+///
+/// It waits for the first bytes holding no buffer, then takes all that has arrived in one
+/// read: a usual request head reaches hyper whole. Reading only the preface's 24 bytes cost
+/// each new connection a second read from the socket, and hyper a parse of a partial head
+/// and a larger buffer (bench/README.md, "New connections").
+async fn sniff<S: AsyncRead + ReadReady + Unpin>(
+    io: &mut Deadlines<S>,
+) -> std::io::Result<Option<bool>> {
+    std::future::poll_fn(|cx| io.poll_request(cx)).await?;
+    let mut first = BytesMut::with_capacity(FIRST_READ);
+    let h2 = loop {
+        let n = io.read_buf(&mut first).await?;
+        let seen = first.len().min(H2_PREFACE.len());
+        if n == 0 || first[..seen] != H2_PREFACE[..seen] {
+            break false;
         }
-        filled += n;
-    }
-    if filled == 0 {
+        if seen == H2_PREFACE.len() {
+            break true;
+        }
+    };
+    if first.is_empty() {
         return Ok(None);
     }
-    io.unread(Bytes::copy_from_slice(&first[..filled]));
+    io.unread(first.freeze());
     Ok(Some(h2))
 }
 
@@ -342,6 +356,76 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// A client that has sent `chunks`, each arriving as one read, then closes.
+    struct Arrived(VecDeque<&'static [u8]>);
+
+    impl AsyncRead for Arrived {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if let Some(chunk) = self.0.pop_front() {
+                buf.put_slice(chunk);
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl ReadReady for Arrived {
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Sniffs a connection whose client sent `chunks`; returns the verdict and what the
+    /// connection's next read (hyper's first, with its 8 KiB buffer) gives.
+    async fn sniffed(chunks: &[&'static [u8]]) -> (Option<bool>, Vec<u8>) {
+        let activity = Arc::new(Activity::default());
+        let timeout = Duration::from_secs(5);
+        let arrived = Arrived(chunks.iter().copied().collect());
+        let mut io = Deadlines::new(arrived, activity, timeout, timeout);
+        let verdict = sniff(&mut io).await.unwrap();
+        let mut first_read = vec![0; 8192];
+        let n = io.read(&mut first_read).await.unwrap();
+        first_read.truncate(n);
+        (verdict, first_read)
+    }
+
+    #[tokio::test]
+    async fn a_request_head_reaches_hyper_whole_in_its_first_read() {
+        let head: &[u8] =
+            b"GET /videos/v1/index?api-version=1 HTTP/1.1\r\nhost: azgate\r\naccept: */*\r\n\r\n";
+        assert_eq!(sniffed(&[head]).await, (Some(false), head.to_vec()));
+    }
+
+    #[tokio::test]
+    async fn http2_s_preface_is_told_apart_even_when_it_arrives_in_pieces() {
+        let settings: &[u8] = b"\0\0\0\x04\0\0\0\0\0";
+        let (verdict, first_read) =
+            sniffed(&[&H2_PREFACE[..10], &H2_PREFACE[10..], settings]).await;
+        assert_eq!(verdict, Some(true));
+        // Read until the preface was whole; the SETTINGS frame is the socket's next read.
+        assert_eq!(first_read, H2_PREFACE.to_vec());
+
+        let (verdict, first_read) = sniffed(&[&H2_PREFACE[..10], b"HTTP/1.1\r\n"]).await;
+        assert_eq!(
+            verdict,
+            Some(false),
+            "PRI with another version is not HTTP/2"
+        );
+        assert_eq!(first_read, b"PRI * HTTPHTTP/1.1\r\n".to_vec());
+
+        assert_eq!(
+            sniffed(&[]).await,
+            (None, Vec::new()),
+            "closed without a byte"
+        );
+    }
 
     #[test]
     fn a_request_body_keeps_the_connection_busy_until_it_is_read() {

@@ -194,6 +194,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
             let n = self.unread.len().min(buf.remaining());
             buf.put_slice(&self.unread[..n]);
             self.unread.advance(n);
+            if self.unread.is_empty() {
+                // An emptied `Bytes` still holds its buffer (the sniff's is 4 KiB).
+                self.unread = Bytes::new();
+            }
             Poll::Ready(Ok(()))
         };
         let got_data = matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before;
@@ -269,10 +273,16 @@ impl ReadReady for TcpStream {
     }
 }
 
-/// A TLS stream is only let go when a read found no plaintext buffered and the socket
-/// empty (rustls decrypts what it reads before it says so): the socket has the next bytes.
+/// rustls decrypts all it reads from the socket at once, so the next bytes are either
+/// plaintext it holds (a client's first request often arrives with the handshake's last
+/// message) or still in the socket.
 impl ReadReady for Box<tokio_rustls::server::TlsStream<TcpStream>> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.get_ref().0.poll_read_ready(cx)
+        let (socket, tls) = self.get_ref();
+        // `wants_read` is false while decrypted bytes wait (or the peer said close_notify).
+        if !tls.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        socket.poll_read_ready(cx)
     }
 }

@@ -283,6 +283,31 @@ impl ClientOptions {
         })
     }
 
+    /// Sends `request` in the same TCP write as the client's last handshake message (rustls
+    /// holds what is written before the handshake ends and sends it with its Finished), so
+    /// azgate's handshake reads the request with it. Returns the answer, read until azgate
+    /// closes the connection or for at most 10 s.
+    pub async fn send_with_finished(
+        &self,
+        addr: SocketAddr,
+        request: &'static [u8],
+    ) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let config = self.config();
+        tokio::task::spawn_blocking(move || {
+            let mut tcp = std::net::TcpStream::connect(addr)?;
+            tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn =
+                rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+            conn.writer().write_all(request)?;
+            let mut answer = Vec::new();
+            rustls::Stream::new(&mut conn, &mut tcp).read_to_end(&mut answer)?;
+            Ok(String::from_utf8_lossy(&answer).into_owned())
+        })
+        .await?
+    }
+
     /// Expects azgate to refuse this client's TLS handshake: returns the rustls error the
     /// client saw (with TLS 1.3 the refusal of a client certificate arrives as an alert
     /// after the client's side of the handshake is done, so this also sends a request).
