@@ -255,10 +255,33 @@ fn bind(addr: SocketAddr, what: &'static str, backlog: u32) -> Result<TcpListene
     // As std and tokio do: a restarted azgate can bind while old connections sit in TIME_WAIT.
     #[cfg(unix)]
     socket.set_reuseaddr(true).map_err(error)?;
+    listener::set_connection_options(socket2::SockRef::from(&socket)).map_err(error)?;
     socket.bind(addr).map_err(error)?;
     socket.listen(backlog).map_err(error)
 }
 
 fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {
     listener.local_addr().unwrap_or(configured)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve` sets no TCP option on Linux: each accepted connection has the listener's.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_and_keep_alive_from_the_listener() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), "proxy", 16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(socket.tcp_nodelay().unwrap());
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(60)
+        );
+    }
 }
