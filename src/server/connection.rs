@@ -93,7 +93,7 @@ pub(super) async fn serve_http<S>(
         tokio::select! {
             sniffed = sniff(&mut io) => sniffed,
             // Closing before the first request: nothing to finish.
-            () = go_away_due(&mut phase, &activity, shared.idle_timeout) => return,
+            () = go_away_due(&mut phase, &activity, None) => return,
         }
     };
     let h2 = match sniffed {
@@ -117,7 +117,7 @@ pub(super) async fn serve_http<S>(
                 }
                 return;
             }
-            () = WhenWoken::new(go_away_due(&mut phase, &activity, shared.idle_timeout)), if !asked_to_go => {
+            () = WhenWoken::new(go_away_due(&mut phase, &activity, Some(shared.idle_timeout))), if !asked_to_go => {
                 // GOAWAY: open streams finish.
                 connection.as_mut().graceful_shutdown();
                 asked_to_go = true;
@@ -186,11 +186,12 @@ pub(super) fn connection_failed(
 /// Resolves when this connection should be asked to go: the server is draining and the
 /// connection has carried a request (one that has not, e.g. just accepted, is asked right
 /// after its first request arrives, so that request is still served); the server is
-/// closing; or an HTTP/2 connection has had no stream open for `idle_timeout`.
+/// closing; or, given `h2_idle` (an HTTP/2 connection's `idle_timeout`), the connection
+/// has had no stream open for that long.
 pub(super) async fn go_away_due(
     phase: &mut watch::Receiver<Phase>,
     activity: &Activity,
-    idle_timeout: Duration,
+    h2_idle: Option<Duration>,
 ) {
     loop {
         let now = *phase.borrow_and_update();
@@ -205,7 +206,7 @@ pub(super) async fn go_away_due(
                 }
             }
             () = activity.until(|a| a.protocol() != UNKNOWN), if now == Phase::Draining => {}
-            () = activity.h2_idle_for(idle_timeout) => return,
+            () = activity.h2_idle_for(h2_idle) => return,
         }
     }
 }
@@ -281,8 +282,13 @@ impl Activity {
         }
     }
 
-    /// Resolves once an HTTP/2 connection has had no stream open for `limit`.
-    async fn h2_idle_for(&self, limit: Duration) {
+    /// Resolves once an HTTP/2 connection has had no stream open for `limit`; without
+    /// one (an HTTP/1.1 connection, or one whose protocol is not known yet), never: it
+    /// then waits on nothing, so a new connection's wait costs no `Notify` registration.
+    async fn h2_idle_for(&self, limit: Option<Duration>) {
+        let Some(limit) = limit else {
+            return std::future::pending().await;
+        };
         loop {
             self.until(|a| a.protocol() == HTTP2 && a.busy.load(Ordering::Acquire) == 0)
                 .await;

@@ -50,7 +50,7 @@ pub(super) async fn serve<S, Svc, B>(
         let result = loop {
             tokio::select! {
                 result = poll_fn(|cx| connection.poll_without_shutdown(cx)) => break result,
-                () = WhenWoken::new(go_away_due(&mut phase, activity, shared.idle_timeout)), if !asked_to_go => {
+                () = WhenWoken::new(go_away_due(&mut phase, activity, None)), if !asked_to_go => {
                     // An idle connection closes now, a busy one after its response (with
                     // `Connection: close`).
                     std::pin::Pin::new(&mut *connection).graceful_shutdown();
@@ -95,7 +95,7 @@ pub(super) async fn serve<S, Svc, B>(
                 }
                 Err(err) => return connection_failed(shared, peer, &err),
             },
-            () = WhenWoken::new(go_away_due(&mut phase, activity, shared.idle_timeout)) => {
+            () = WhenWoken::new(go_away_due(&mut phase, activity, None)) => {
                 return io.shut_down().await;
             }
         }
