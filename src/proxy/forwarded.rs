@@ -58,7 +58,8 @@ pub struct ClientHop {
 /// Sets the forwarding headers of an upstream request (see the module doc). `enabled` is
 /// the route's `forwarded_headers`.
 pub fn apply(headers: &mut HeaderMap, hop: &ClientHop, enabled: bool) {
-    if !enabled || !hop.peer_trusted {
+    let trusted = enabled && hop.peer_trusted;
+    if !trusted {
         // One pass over the names first: most requests carry none of these.
         if headers.keys().any(is_forwarding) {
             for name in &FORWARDING {
@@ -69,15 +70,20 @@ pub fn apply(headers: &mut HeaderMap, hop: &ClientHop, enabled: bool) {
             return;
         }
     }
+    // Only a trusted peer's are left to look up (each lookup hashes the name).
     let peer = address_text(canonical(hop.peer));
-    let chain: Vec<&str> = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .collect();
+    let chain: Vec<&str> = if trusted {
+        headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let forwarded_for = if chain.is_empty() {
         HeaderValue::from_bytes(peer.as_bytes())
     } else {
@@ -88,11 +94,11 @@ pub fn apply(headers: &mut HeaderMap, hop: &ClientHop, enabled: bool) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     // A trusted proxy in front knows the scheme and host the client used; keep them.
-    if !headers.contains_key(X_FORWARDED_PROTO) {
+    if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
         let proto = if hop.tls { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !headers.contains_key(X_FORWARDED_HOST)
+    if !(trusted && headers.contains_key(X_FORWARDED_HOST))
         && let Some(host) = &hop.host
     {
         headers.insert(X_FORWARDED_HOST, host.clone());
