@@ -140,9 +140,8 @@ pub async fn send_with_retry(
         // A route that holds after the upstream's 429 sends nothing until the hold is over;
         // this request waits for it if its deadline (and max_delay) allow, else it is
         // answered 429 `throttled` at once.
-        let wait_limit = deadline
-            .max(Instant::now())
-            .min(Instant::now() + policy.max_delay);
+        let now = Instant::now();
+        let wait_limit = deadline.max(now).min(now + policy.max_delay);
         let pass = match route
             .throttle
             .admit(template.method(), wait_limit, telemetry)
@@ -175,14 +174,15 @@ pub async fn send_with_retry(
         if let Some(traceparent) = span.as_ref().and_then(|s| s.traceparent()) {
             request.headers_mut().insert(TRACEPARENT, traceparent);
         }
-        // The first attempt has what the token wait left of the route's timeout; a retry
-        // has the whole timeout again.
+        // The first attempt has what the token wait (and any hold) left of the route's
+        // timeout; a retry has the whole timeout again.
+        let sent_at = Instant::now();
         let timeout = if attempts == 1 {
-            deadline.saturating_duration_since(Instant::now())
+            deadline.saturating_duration_since(sent_at)
         } else {
             route.config.timeout
         };
-        started.get_or_insert_with(Instant::now);
+        started.get_or_insert(sent_at);
         let result = route
             .upstream
             .send(request, timeout, &route.upstream_label)
