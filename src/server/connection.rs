@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -145,10 +146,22 @@ const FIRST_READ: usize = 4 * 1024;
 async fn sniff<S: AsyncRead + ReadReady + Unpin>(
     io: &mut Deadlines<S>,
 ) -> std::io::Result<Option<bool>> {
-    std::future::poll_fn(|cx| io.poll_request(cx)).await?;
-    let mut first = BytesMut::with_capacity(FIRST_READ);
+    let mut first = BytesMut::new();
     let h2 = loop {
-        let n = io.read_buf(&mut first).await?;
+        std::future::poll_fn(|cx| io.poll_request(cx)).await?;
+        if first.capacity() == 0 {
+            first.reserve(FIRST_READ);
+        }
+        // One try: tokio may call a new socket readable before anything arrived, and the
+        // buffer must not be held while waiting (a silent connection costs only its task).
+        let n = match futures_util::poll!(std::pin::pin!(io.read_buf(&mut first))) {
+            Poll::Ready(read) => read?,
+            Poll::Pending if first.is_empty() => {
+                first = BytesMut::new();
+                continue;
+            }
+            Poll::Pending => continue,
+        };
         let seen = first.len().min(H2_PREFACE.len());
         if n == 0 || first[..seen] != H2_PREFACE[..seen] {
             break false;
@@ -366,17 +379,23 @@ mod tests {
     use std::task::{Context, Poll};
     use tokio::io::ReadBuf;
 
-    /// A client that has sent `chunks`, each arriving as one read, then closes.
+    /// A client that has sent `chunks`, each arriving as one read, then closes. An empty
+    /// chunk is a read that finds nothing yet, though the socket was called readable.
     struct Arrived(VecDeque<&'static [u8]>);
 
     impl AsyncRead for Arrived {
         fn poll_read(
             mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
+            cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<std::io::Result<()>> {
-            if let Some(chunk) = self.0.pop_front() {
-                buf.put_slice(chunk);
+            match self.0.pop_front() {
+                Some([]) => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Some(chunk) => buf.put_slice(chunk),
+                None => {}
             }
             Poll::Ready(Ok(()))
         }
@@ -407,6 +426,11 @@ mod tests {
         let head: &[u8] =
             b"GET /videos/v1/index?api-version=1 HTTP/1.1\r\nhost: azgate\r\naccept: */*\r\n\r\n";
         assert_eq!(sniffed(&[head]).await, (Some(false), head.to_vec()));
+        // Called readable before anything arrived: the sniff waits again.
+        assert_eq!(
+            sniffed(&[b"", b"", head]).await,
+            (Some(false), head.to_vec())
+        );
     }
 
     #[tokio::test]
