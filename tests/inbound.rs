@@ -582,6 +582,27 @@ async fn oversized_request_heads_get_431_are_logged_counted_and_never_forwarded(
     let many: Vec<(&str, usize)> = (0..60).map(|_| ("x-fill", 8192)).collect();
     let (code, _) = raw(gw.addr, &request_with_headers("/", &many)).await;
     assert_eq!(code, 431);
+    // Over HTTP/2 hyper answers such a stream 431 itself, with no body; a head sent in
+    // very many CONTINUATION frames closes the connection instead (GOAWAY). azgate never
+    // sees either.
+    let response = support::h2c_client()
+        .get(format!("{}/big", gw.url))
+        .header("x-big", "v".repeat(150_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    assert!(response.headers().get("x-azgate-error").is_none());
+    assert_eq!(response.bytes().await.unwrap().len(), 0);
+    let mut many_frames = support::h2c_client().get(format!("{}/many", gw.url));
+    for _ in 0..60 {
+        many_frames = many_frames.header("x-fill", "v".repeat(8192));
+    }
+    let refused = many_frames.send().await.unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("ENHANCE_YOUR_CALM"),
+        "{refused:?}"
+    );
 
     assert_eq!(
         upstream.count(),
