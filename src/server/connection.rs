@@ -130,7 +130,7 @@ pub(super) async fn serve_http<S>(
 /// The most the protocol sniff reads at once: more than a usual request head, and less
 /// than hyper's first read of a connection (8 KiB). A first read that filled hyper's
 /// buffer would change how the buffer grows: a head arriving in one burst could then be
-/// read to three times `max_header_bytes` before the parser stops it, not twice
+/// read to up to three times `max_header_bytes` before the parser stops it, not twice
 /// (`listener::parser_head_limit`).
 const FIRST_READ: usize = 4 * 1024;
 
@@ -142,7 +142,7 @@ const FIRST_READ: usize = 4 * 1024;
 /// It waits for the first bytes holding no buffer, then takes all that has arrived in one
 /// read: a usual request head reaches hyper whole. Reading only the preface's 24 bytes cost
 /// each new connection a second read from the socket, and hyper a parse of a partial head
-/// and a larger buffer (bench/README.md, "New connections").
+/// and a larger buffer (bench/README.md, "Sixth round").
 async fn sniff<S: AsyncRead + ReadReady + Unpin>(
     io: &mut Deadlines<S>,
 ) -> std::io::Result<Option<bool>> {
