@@ -108,8 +108,7 @@ impl<S> Deadlines<S> {
 
     /// Resolves when the stream has something to read (a new connection's first bytes, a
     /// parked connection's next request), or fails when the connection's deadline passes
-    /// first. Reads nothing, so
-    /// the wait holds no buffer.
+    /// first. Reads nothing, so the wait holds no buffer.
     pub(super) fn poll_request(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>
     where
         S: ReadReady,
