@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::{ConnectError, Endpoint};
 use super::settings::SettingsReader;
-use super::streams::{StreamSlot, Streams, UpstreamBody};
+use super::streams::{StreamSlot, Streams};
 use crate::proxy::body::{Guarded, ProxyBody};
 
 /// How long a connection stays unused in the pool at least (checked every [`REAP_EVERY`],
@@ -140,7 +140,7 @@ impl HostPool {
             let mut error: TrySendError<Request<ProxyBody>> = match conn {
                 Conn::H2(mut sender, generation, stream) => {
                     let err = match sender.try_send_request(request).await {
-                        Ok(response) => return Ok(held(response, Some(stream))),
+                        Ok(response) => return Ok(held(response, Lease::Http2(stream))),
                         Err(err) => err,
                     };
                     let refused = match err.message() {
@@ -164,8 +164,11 @@ impl HostPool {
                     added_host = self.to_origin_form(&mut request);
                     match sender.try_send_request(request).await {
                         Ok(response) => {
-                            self.release_when_ready(sender);
-                            return Ok(held(response, None));
+                            let lease = Lease::Http1(Http1Lease {
+                                sender: Some(sender),
+                                pool: Arc::downgrade(self),
+                            });
+                            return Ok(held(response, lease));
                         }
                         Err(err) => err,
                     }
@@ -284,20 +287,12 @@ impl HostPool {
         self.lock().shared.retain(|s| s.generation != generation);
     }
 
-    /// Pools an HTTP/1.1 connection again once its response has been read to the end
-    /// (a response abandoned half-read closes it instead).
-    fn release_when_ready(self: &Arc<Self>, mut sender: http1::SendRequest<ProxyBody>) {
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok()
-                && let Some(pool) = pool.upgrade()
-            {
-                let mut state = pool.lock();
-                let since = state.tick;
-                state.idle.push(Idle { sender, since });
-                pool.reap_while_pooled(&mut state);
-            }
-        });
+    /// Pools an HTTP/1.1 connection again.
+    fn release(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>) {
+        let mut state = self.lock();
+        let since = state.tick;
+        state.idle.push(Idle { sender, since });
+        self.reap_while_pooled(&mut state);
     }
 
     /// Starts the reaper unless it runs; it stops when nothing is pooled.
@@ -372,9 +367,59 @@ async fn reap(pool: Weak<HostPool>) {
     }
 }
 
-/// The response with its body holding the request's HTTP/2 stream, if any.
-fn held(response: Response<Incoming>, stream: Option<StreamSlot>) -> Response<UpstreamBody> {
-    response.map(|incoming| Guarded::new(incoming, stream))
+/// An upstream response's body, holding its request's share of the connection until
+/// dropped.
+pub type UpstreamBody = Guarded<Incoming, Lease>;
+
+/// The response with its body holding `lease`.
+fn held(response: Response<Incoming>, lease: Lease) -> Response<UpstreamBody> {
+    response.map(|incoming| Guarded::new(incoming, lease))
+}
+
+/// What a response body holds of its connection.
+pub enum Lease {
+    /// A whole HTTP/1.1 connection, pooled again when the body is dropped.
+    Http1(Http1Lease),
+    /// The request's stream on a shared HTTP/2 connection.
+    Http2(StreamSlot),
+}
+
+/// An HTTP/1.1 connection lent to one response. The body is dropped once it has been sent
+/// on (or abandoned); the connection then goes back to the pool, at once if it has read
+/// the response to the end, which is the usual case, or else when it has (hyper reads
+/// what is left of an abandoned body if it can, and closes the connection otherwise).
+pub struct Http1Lease {
+    sender: Option<http1::SendRequest<ProxyBody>>,
+    pool: Weak<HostPool>,
+}
+
+impl Drop for Http1Lease {
+    fn drop(&mut self) {
+        let Some(mut sender) = self.sender.take() else {
+            return;
+        };
+        if sender.is_ready() {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.release(sender);
+            }
+            return;
+        }
+        if sender.is_closed() {
+            return;
+        }
+        // Dropped outside the runtime (as it shuts down): the connection just closes.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self.pool.clone();
+        runtime.spawn(async move {
+            if sender.ready().await.is_ok()
+                && let Some(pool) = pool.upgrade()
+            {
+                pool.release(sender);
+            }
+        });
+    }
 }
 
 #[derive(PartialEq)]

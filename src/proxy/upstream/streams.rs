@@ -14,10 +14,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use hyper::body::Incoming;
 use tokio::sync::Notify;
-
-use crate::proxy::body::Guarded;
 
 /// What a connection is taken to allow if its server's first frame is not SETTINGS: what
 /// hyper's client assumes before it knows (its `initial_max_send_streams`), and RFC 9113
@@ -128,9 +125,6 @@ impl Drop for StreamSlot {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
-
-/// An upstream response's body; over HTTP/2 it holds its request's stream until dropped.
-pub type UpstreamBody = Guarded<Incoming, Option<StreamSlot>>;
 
 #[cfg(test)]
 mod tests {

@@ -298,6 +298,67 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
     assert_eq!(mock.opened(), 2);
 }
 
+#[tokio::test]
+async fn an_http1_connection_is_pooled_as_soon_as_its_finished_body_is_dropped() {
+    let mock = mock(Offer::Plain, None).await;
+    let upstream = mock.upstream();
+    for i in 0..20 {
+        let request = Request::get(format!("{}/n/{i}", mock.url))
+            .body(body::empty())
+            .unwrap();
+        let response = upstream
+            .send(request, Duration::from_secs(5), &mock.url)
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+        }
+        assert_eq!(pooled(&upstream), (0, 0), "lent while its body lives");
+        drop(body);
+        // No task in between: the connection is back before anything else runs.
+        assert_eq!(pooled(&upstream), (1, 0), "request {i}");
+    }
+    assert_eq!(mock.opened(), 1);
+}
+
+#[tokio::test]
+async fn a_response_dropped_unread_leaves_its_connection_usable() {
+    let mock = mock(Offer::Plain, None).await;
+    let upstream = mock.upstream();
+    for i in 0..5 {
+        let request = Request::get(format!("{}/unread/{i}", mock.url))
+            .body(body::empty())
+            .unwrap();
+        let response = upstream
+            .send(request, Duration::from_secs(5), &mock.url)
+            .await
+            .unwrap();
+        drop(response);
+        until(|| pooled(&upstream) == (1, 0)).await;
+    }
+    let (_, text) = get(&upstream, &mock.url, "/read").await;
+    assert!(text.ends_with("/read"), "{text}");
+    assert_eq!(mock.opened(), 1, "one connection throughout");
+    // A body abandoned half-way (4 MiB, one frame read) closes its connection; the next
+    // request opens another.
+    let request = Request::get(format!("{}/big", mock.url))
+        .body(body::empty())
+        .unwrap();
+    let response = upstream
+        .send(request, Duration::from_secs(5), &mock.url)
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    until(|| mock.closed() == 1).await;
+    assert_eq!(pooled(&upstream), (0, 0));
+    let (_, text) = get(&upstream, &mock.url, "/after").await;
+    assert!(text.ends_with("/after"), "{text}");
+    assert_eq!(mock.opened(), 2);
+}
+
 async fn idle_connection_closes_after_the_idle_timeout(offer: Offer) {
     let mock = mock(offer, None).await;
     let upstream = mock.upstream();
