@@ -162,13 +162,15 @@ pub async fn accept_until(
                     let (shared, phase, mut cut) = (shared.clone(), phase.clone(), phase.clone());
                     // Dropped when the server is cut, handshake included. The connection
                     // future is made inside `select!`: a future made before it would take
-                    // its (several KiB) space twice in the task.
-                    tasks.spawn(async move {
+                    // its (several KiB) space twice in the task. Boxed: a future not yet
+                    // started is as large as its largest state (1.6 KiB), and tokio moves
+                    // a task's future three times as it spawns it; the box moves once.
+                    tasks.spawn(Box::pin(async move {
                         tokio::select! {
                             () = serve(stream, peer, permit, shared, phase) => {}
                             () = reached(&mut cut, Phase::Cut) => {}
                         }
-                    });
+                    }));
                 }
                 Err(err) => {
                     let (pause, report) = backoff.failed(&err, Instant::now());
