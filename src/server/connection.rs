@@ -75,8 +75,7 @@ pub(super) async fn serve_http<S>(
                     .extensions_mut()
                     .insert(BodyReadGuard(Arc::new(reading)));
             }
-            Box::pin(async move {
-                let mut response = proxy.handle(request, &conn).await;
+            Box::pin(proxy.handle(request, conn, move |mut response| {
                 // From SIGTERM on, every HTTP/1.1 response tells the client to reconnect
                 // (to a replica that stays). The connection loop also asks hyper to close,
                 // but a response built at once may be written before that lands.
@@ -86,7 +85,7 @@ pub(super) async fn serve_http<S>(
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 Ok::<_, Infallible>(response.map(|inner| Guarded::new(inner, busy)))
-            }) as Answer
+            })) as Answer
         })
     };
     let sniffed = {
