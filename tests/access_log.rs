@@ -193,3 +193,36 @@ async fn an_upstream_that_stalls_after_its_headers_is_cut_at_the_route_timeout()
     );
     assert_eq!(access_event(&logs, "/up/stall").await["complete"], false);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_gone_while_its_request_is_upstream_is_logged_with_that_attempt() {
+    let logs = support::logs::LogCapture::default();
+    let _guard = logs.install_json(tracing::Level::INFO);
+    let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (upstream, _) = support::raw::upstream(move |mut stream| {
+        let arrived_tx = arrived_tx.clone();
+        async move {
+            support::raw::read_head(&mut stream).await;
+            let _ = arrived_tx.send(());
+            // No answer for longer than the test.
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
+    })
+    .await;
+    let gw = Azgate::start(&plain_route(&upstream, "")).await;
+    let mut arrived = arrived;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /up/gone HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    arrived.recv().await.unwrap();
+    drop(stream);
+    let event = access_event(&logs, "/up/gone").await;
+    assert_eq!(event["status"], 0, "{event}");
+    assert_eq!(event["complete"], false);
+    assert_eq!(
+        event["attempts"], 1,
+        "the attempt that reached the upstream"
+    );
+}

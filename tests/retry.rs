@@ -468,3 +468,59 @@ async fn a_client_that_goes_away_ends_the_retry_loop() {
         "azgate kept retrying for an HTTP/2 stream that was reset"
     );
 }
+
+/// An upstream whose every connection first answers `status_line` (its body written a
+/// moment after its head, as a proxy in front of a struggling server streams it), then
+/// 200s.
+async fn late_body_upstream(
+    status_line: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncWriteExt;
+    support::raw::upstream(move |mut stream| async move {
+        let mut first = true;
+        loop {
+            let head = support::raw::read_head(&mut stream).await;
+            if head.is_empty() {
+                return;
+            }
+            if first {
+                first = false;
+                let head = format!(
+                    "HTTP/1.1 {status_line}\r\ncontent-length: 12\r\nretry-after-ms: 300\r\n\r\n"
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let _ = stream.write_all(b"try it again").await;
+            } else {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_answer_before_a_retry_is_read_so_its_connection_carries_the_retry() {
+    for status_line in ["504 Gateway Timeout", "429 Too Many Requests"] {
+        let (url, connections) = late_body_upstream(status_line).await;
+        let gw = Azgate::start(&format!(
+            "[[routes]]\nprefix = \"/r\"\nupstream = \"{url}\"\n"
+        ))
+        .await;
+        let response = client()
+            .get(format!("{}/r/x", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{status_line}");
+        assert_eq!(response.headers()["x-azgate-attempts"], "2");
+        assert_eq!(response.text().await.unwrap(), "ok");
+        assert_eq!(
+            connections.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{status_line}: the retry went on the same connection"
+        );
+    }
+}

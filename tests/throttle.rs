@@ -139,6 +139,29 @@ async fn a_hold_keeps_the_route_from_the_upstream_and_releases_it_with_one_probe
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_request_held_by_its_own_429s_tries_until_its_deadline_and_counts_what_it_sent() {
+    let (server, log) = upstream(|_| (429, Some("1"))).await;
+    let gw = gateway(
+        &server.url,
+        "timeout = \"5s\"\n[routes.retry]\nmax_attempts = 2\nmax_delay = \"3s\"",
+    )
+    .await;
+    let started = Instant::now();
+    let response = client()
+        .get(format!("{}/r/a", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["x-azgate-error"], "throttled");
+    // Sent at 0, 1.1, 2.2, 3.3 and 4.4 s; the hold after the last ends past the deadline.
+    let sent = log.lock().unwrap().arrivals.len();
+    assert_eq!(sent, 5, "held attempts do not use up max_attempts");
+    assert_eq!(response.headers()["x-azgate-attempts"], "5");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_long_window_answers_new_requests_at_once_with_429_throttled() {
     let (server, log) = upstream(|_| (429, Some("120"))).await;
     let gw = gateway(&server.url, "").await;

@@ -56,6 +56,10 @@ impl<B, G> Guarded<B, G> {
             _guard: guard,
         }
     }
+
+    pub fn guard(&self) -> &G {
+        &self._guard
+    }
 }
 
 impl<B: Body + Unpin, G: Unpin> Body for Guarded<B, G> {

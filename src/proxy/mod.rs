@@ -310,10 +310,10 @@ async fn forward(
             trace: trace.as_ref(),
         },
         telemetry,
+        &mut log.attempts,
     )
     .await;
     log.upstream_duration = sent.upstream_duration;
-    log.attempts = sent.attempts;
 
     // rewrite response
     let secret = sent

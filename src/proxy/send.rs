@@ -15,7 +15,7 @@ use super::replay::ReplayBody;
 use super::retry::{self, Decision, Outcome};
 use super::route::Route;
 use super::throttle;
-use super::upstream::UpstreamBody;
+use super::upstream::{self, UpstreamBody};
 use super::vi_auth;
 use crate::credentials::video_indexer::Scope;
 use crate::credentials::{Authorization, CredentialError, Refusal};
@@ -28,7 +28,6 @@ use opentelemetry::context::FutureExt as _;
 pub struct Sent {
     /// The last response, or why the last attempt got none.
     pub result: Result<Response<UpstreamBody>, ProxyError>,
-    pub attempts: u32,
     /// From the first attempt's send to the final response headers.
     /// From the first attempt sent; `None` when none was (refused by the hold or pace).
     pub upstream_duration: Option<Duration>,
@@ -123,6 +122,7 @@ pub async fn send_with_retry(
     mut authorization: Option<Authorization>,
     request: &RequestFacts<'_>,
     telemetry: &Telemetry,
+    attempts_sent: &mut u32,
 ) -> Sent {
     let (scope, deadline, request_id) = (request.scope, request.deadline, request.id);
     let trace = request.trace;
@@ -148,18 +148,18 @@ pub async fn send_with_retry(
             .await
         {
             Ok(pass) => pass,
-            Err(err) => return finish(Err(err), attempts, started, authorization),
+            Err(err) => return finish(Err(err), started, authorization),
         };
         let Some(attempt_body) = body.attempt() else {
             let err = ProxyError::BadRequest(
                 "the request body was already sent and cannot be sent again".into(),
             );
-            return finish(Err(err), attempts, started, authorization);
+            return finish(Err(err), started, authorization);
         };
         let injection = authorization.as_ref().map(|a| &a.injection);
         let mut request = match template.build(injection, attempt_body) {
             Ok(request) => request,
-            Err(err) => return finish(Err(err), attempts, started, authorization),
+            Err(err) => return finish(Err(err), started, authorization),
         };
         // Written per attempt: the upstream's parent is this attempt's client span.
         let mut span = trace.map(|trace| {
@@ -183,6 +183,8 @@ pub async fn send_with_retry(
             route.config.timeout
         };
         started.get_or_insert(sent_at);
+        // Counted as it leaves: a client that goes away meanwhile is logged with it.
+        *attempts_sent = attempts;
         let result = route
             .upstream
             .send(request, timeout, &route.upstream_label)
@@ -207,7 +209,7 @@ pub async fn send_with_retry(
             Ok(response) => Ok(response),
             Err(err @ ProxyError::UpstreamUnreachable { .. }) => Err(err),
             // A timeout already cost the route's whole timeout: not retried.
-            Err(other) => return finish(Err(other), attempts, started, authorization),
+            Err(other) => return finish(Err(other), started, authorization),
         };
         let outcome = match &result {
             Ok(response) => Outcome::Response(response.status(), response.headers()),
@@ -246,13 +248,14 @@ pub async fn send_with_retry(
                 "upstream refused the credential: replaying once with a new one"
             );
             credential_replayed = true;
+            discard(result);
             let replayed = match trace {
                 Some(trace) => wait_for_token(trace, route, authorize(route, scope)).await,
                 None => authorize(route, scope).await,
             };
             authorization = match replayed {
                 Ok(authorization) => authorization,
-                Err(err) => return finish(Err(err), attempts, started, authorization),
+                Err(err) => return finish(Err(err), started, authorization),
             };
             continue;
         }
@@ -278,7 +281,7 @@ pub async fn send_with_retry(
                 );
                 telemetry.record_retry(&route.name, reason);
                 held_attempts += 1;
-                drop(result);
+                discard(result);
             }
             Decision::Retry { wait, reason } if route.retry_budget.try_retry() => {
                 tracing::info!(
@@ -291,8 +294,7 @@ pub async fn send_with_retry(
                     "retrying"
                 );
                 telemetry.record_retry(&route.name, reason);
-                // The failed response is dropped unread; its connection is not reused.
-                drop(result);
+                discard(result);
                 tokio::time::sleep(wait).await;
             }
             Decision::Retry { .. } => {
@@ -309,9 +311,9 @@ pub async fn send_with_retry(
                          (held_back: answers like it since the last line)"
                     );
                 }
-                return finish(result, attempts, started, authorization);
+                return finish(result, started, authorization);
             }
-            Decision::Stop(_) => return finish(result, attempts, started, authorization),
+            Decision::Stop(_) => return finish(result, started, authorization),
         }
     }
 }
@@ -352,15 +354,20 @@ fn record_quota(route: &Route, headers: &http::HeaderMap, telemetry: &Telemetry)
 
 fn finish(
     result: Result<Response<UpstreamBody>, ProxyError>,
-    attempts: u32,
     started: Option<Instant>,
     authorization: Option<Authorization>,
 ) -> Sent {
     Sent {
         result,
-        attempts,
         upstream_duration: started.map(|at| at.elapsed()),
         authorization,
+    }
+}
+
+/// An answer that is not passed on: its connection is kept if it can be.
+fn discard(result: Result<Response<UpstreamBody>, ProxyError>) {
+    if let Ok(response) = result {
+        upstream::discard(response);
     }
 }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 use http::{Request, Response, Uri};
 
 use self::connect::Endpoint;
-pub use self::pool::UpstreamBody;
 use self::pool::{HostPool, SendError};
+pub use self::pool::{UpstreamBody, discard};
 use super::body::ProxyBody;
 use super::error::ProxyError;
 use super::inbound::body::client_body_error;

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, Uri};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
@@ -374,6 +375,38 @@ pub type UpstreamBody = Guarded<Incoming, Lease>;
 /// The response with its body holding `lease`.
 fn held(response: Response<Incoming>, lease: Lease) -> Response<UpstreamBody> {
     response.map(|incoming| Guarded::new(incoming, lease))
+}
+
+/// The most of an unwanted response's body [`discard`] reads to keep its connection, and
+/// for how long: the answers azgate retries (429, 504, a refused credential) are short.
+const DISCARD_AT_MOST: u64 = 64 << 10;
+const DISCARD_WITHIN: Duration = Duration::from_secs(1);
+
+/// Lets go of a response azgate does not pass on (it tries again instead). An HTTP/1.1
+/// connection whose response is dropped before its end closes, and the next attempt would
+/// open a new one (with a TLS handshake) just when the upstream is struggling; so the rest
+/// of a short body is read first, in the background (at most 64 KiB, within 1 s), and its
+/// connection goes back to the pool. A longer or slower body still closes it. Over HTTP/2
+/// the response is simply dropped: that ends its stream alone.
+pub fn discard(response: Response<UpstreamBody>) {
+    let mut body = response.into_body();
+    let http1 = matches!(body.guard(), Lease::Http1(_));
+    if !http1 || body.is_end_stream() || body.size_hint().lower() > DISCARD_AT_MOST {
+        return;
+    }
+    tokio::spawn(async move {
+        let read_to_end = async {
+            let mut read = 0;
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if read > DISCARD_AT_MOST {
+                    return;
+                }
+            }
+        };
+        // Whether it ended or not, `body` is dropped now: pooled if it ended, else closed.
+        let _ = tokio::time::timeout(DISCARD_WITHIN, read_to_end).await;
+    });
 }
 
 /// What a response body holds of its connection.
