@@ -225,4 +225,29 @@ async fn a_client_gone_while_its_request_is_upstream_is_logged_with_that_attempt
         event["attempts"], 1,
         "the attempt that reached the upstream"
     );
+    // Counted too, with status 0 (docs/metrics.md).
+    let admin = gw.admin_url.clone().unwrap();
+    let samples = support::metrics::scrape(&admin).await;
+    let labels = [("route", "/up"), ("method", "GET"), ("status", "0")];
+    assert_eq!(
+        support::metrics::get(&samples, "azgate_requests_total", &labels),
+        1.0
+    );
+    let status: serde_json::Value = client()
+        .get(format!("{admin}/status.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let record = status["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "/up/gone")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(record["status"], 0, "{status}");
+    assert_eq!(record["attempts"], 1, "{status}");
 }

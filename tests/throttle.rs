@@ -162,6 +162,39 @@ async fn a_request_held_by_its_own_429s_tries_until_its_deadline_and_counts_what
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hold_pushed_past_a_waiting_requests_deadline_answers_it_then() {
+    let (server, log) = upstream(|_| (429, Some("2"))).await;
+    let gw = gateway(&server.url, "timeout = \"3s\"").await;
+    let started = Instant::now();
+    let first = tokio::spawn(get(format!("{}/r/a", gw.url)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Joins the hold (until 2.1 s, within its deadline at 3.5 s); the probe's 429 at 2.2 s
+    // pushes the hold to 4.2 s, past it.
+    let second = tokio::spawn(async move {
+        let answer = get(format!("{}/r/b", gw.url)).await;
+        (answer, Instant::now())
+    });
+    let (answer, at) = second.await.unwrap();
+    assert_eq!(
+        (answer.0, answer.2.as_str()),
+        (429, "throttled"),
+        "{answer:?}"
+    );
+    assert!(
+        at - started <= Duration::from_millis(3500),
+        "answered after its deadline: {:?}",
+        at - started
+    );
+    let first = first.await.unwrap();
+    assert_eq!((first.0, first.2.as_str()), (429, "throttled"));
+    assert_eq!(
+        log.lock().unwrap().arrivals.len(),
+        2,
+        "the first 429 and one probe"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_long_window_answers_new_requests_at_once_with_429_throttled() {
     let (server, log) = upstream(|_| (429, Some("120"))).await;
     let gw = gateway(&server.url, "").await;

@@ -107,14 +107,10 @@ impl AccessLog {
         self.log_event(duration_ms, bytes_out, complete);
     }
 
-    /// Only the log line and the in-flight gauge for a request that never had a response:
-    /// it has no status to count in the request metrics.
+    /// A request that never had a response (its client went away, or shutdown cut it):
+    /// logged and counted with status 0, as docs/metrics.md says.
     fn abandoned(&mut self) {
-        self.emitted = true;
-        self.end_trace();
-        let duration_ms = millis(self.started.elapsed());
-        self.log_event(duration_ms, 0, false);
-        self.telemetry = None;
+        self.finish(0, false);
     }
 
     fn end_trace(&mut self) {

@@ -320,13 +320,16 @@ impl Throttle {
                 // the deadline bounds the wait.
                 Phase::Probing | Phase::Ramp { .. } => None,
             };
+            // Checked again each time the hold changes: other requests' 429s can push it
+            // past the deadline of one already waiting.
+            let over_deadline = until.is_some_and(|until| until > deadline);
+            let full =
+                waiting.is_none() && self.queued.load(Ordering::Acquire) >= self.config.max_queue;
+            if over_deadline || full {
+                let left = until.map_or(Duration::from_secs(1), |u| u - now);
+                return Err(self.refused(left, full && !over_deadline, telemetry));
+            }
             if waiting.is_none() {
-                let over_deadline = until.is_some_and(|until| until > deadline);
-                let full = self.queued.load(Ordering::Acquire) >= self.config.max_queue;
-                if over_deadline || full {
-                    let left = until.map_or(Duration::from_secs(1), |u| u - now);
-                    return Err(self.refused(left, full && !over_deadline, telemetry));
-                }
                 self.queued.fetch_add(1, Ordering::AcqRel);
                 *waiting = Some(Waiting {
                     throttle: self,
