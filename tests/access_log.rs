@@ -233,14 +233,7 @@ async fn a_client_gone_while_its_request_is_upstream_is_logged_with_that_attempt
         support::metrics::get(&samples, "azgate_requests_total", &labels),
         1.0
     );
-    let status: serde_json::Value = client()
-        .get(format!("{admin}/status.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = support::status_json(&admin).await;
     let record = status["requests"]
         .as_array()
         .unwrap()

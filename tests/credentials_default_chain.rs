@@ -190,14 +190,7 @@ async fn status_and_probe_list_the_sources_tried() {
     let gw = Azgate::start_with(&text, Path::new("."), &env.iter().copied().collect()).await;
     assert_eq!(status(client().get(format!("{}/arm/x", gw.url))).await, 502);
     let admin = gw.admin_url.clone().unwrap();
-    let page = support::json(
-        client()
-            .get(format!("{admin}/status.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let page = support::status_json(&admin).await;
     let credential = &page["credentials"][0];
     assert_eq!(credential["name"], "d");
     assert!(

@@ -17,6 +17,14 @@ async fn gateway(upstream: &Scripted, retry: &str) -> Azgate {
     .await
 }
 
+/// A route `/r` to `url` with the default retry policy.
+async fn route_to(url: &str) -> Azgate {
+    Azgate::start(&format!(
+        "[[routes]]\nprefix = \"/r\"\nupstream = \"{url}\"\n"
+    ))
+    .await
+}
+
 fn close(actual: Duration, expected: Duration) -> bool {
     actual >= expected && actual <= expected + Duration::from_millis(100)
 }
@@ -381,10 +389,7 @@ async fn flaky_upstream(drops: usize) -> (String, std::sync::Arc<std::sync::atom
 #[tokio::test(start_paused = true)]
 async fn a_connection_reset_before_the_response_is_retried_for_idempotent_methods() {
     let (url, served) = flaky_upstream(1).await;
-    let gw = Azgate::start(&format!(
-        "[[routes]]\nprefix = \"/r\"\nupstream = \"{url}\"\n"
-    ))
-    .await;
+    let gw = route_to(&url).await;
     let response = client()
         .get(format!("{}/r/x", gw.url))
         .send()
@@ -395,10 +400,7 @@ async fn a_connection_reset_before_the_response_is_retried_for_idempotent_method
     assert_eq!(response.text().await.unwrap(), "recovered");
 
     let (url, served_post) = flaky_upstream(1).await;
-    let gw = Azgate::start(&format!(
-        "[[routes]]\nprefix = \"/r\"\nupstream = \"{url}\"\n"
-    ))
-    .await;
+    let gw = route_to(&url).await;
     let response = client()
         .post(format!("{}/r/x", gw.url))
         .body("once")
@@ -505,10 +507,7 @@ async fn late_body_upstream(
 async fn the_answer_before_a_retry_is_read_so_its_connection_carries_the_retry() {
     for status_line in ["504 Gateway Timeout", "429 Too Many Requests"] {
         let (url, connections) = late_body_upstream(status_line).await;
-        let gw = Azgate::start(&format!(
-            "[[routes]]\nprefix = \"/r\"\nupstream = \"{url}\"\n"
-        ))
-        .await;
+        let gw = route_to(&url).await;
         let response = client()
             .get(format!("{}/r/x", gw.url))
             .send()

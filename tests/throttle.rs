@@ -349,14 +349,7 @@ async fn status_json_shows_the_hold_and_its_queue() {
     let waiting = tokio::spawn(get(format!("{}/r/a", gw.url)));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let admin = gw.admin_url.clone().unwrap();
-    let status = support::json(
-        client()
-            .get(format!("{admin}/status.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let status = support::status_json(&admin).await;
     let throttle = &status["routes"][0]["throttle"];
     let left = throttle["hold_left_ms"].as_u64().unwrap();
     assert!((8_500..=9_500).contains(&left), "{throttle}");

@@ -125,14 +125,7 @@ async fn drive(gw: &Azgate, seconds: u32) -> Seen {
 
 async fn status_json(gw: &Azgate) -> serde_json::Value {
     let admin = gw.admin_url.clone().unwrap();
-    support::json(
-        client()
-            .get(format!("{admin}/status.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    support::status_json(&admin).await
 }
 
 fn share_throttled(bucket: &Mutex<Bucket>) -> (u32, u32, f64) {

@@ -341,6 +341,18 @@ pub async fn json(response: reqwest::Response) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+/// The admin listener's `/status.json` (no admin key).
+pub async fn status_json(admin: &str) -> serde_json::Value {
+    json(
+        client()
+            .get(format!("{admin}/status.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 /// All values of a header as the echo upstream saw it.
 pub fn seen<'a>(echo: &'a serde_json::Value, header: &str) -> Vec<&'a str> {
     echo["headers"][header]

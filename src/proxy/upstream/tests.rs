@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::{Upstream, UpstreamClient};
+use super::{Upstream, UpstreamBody, UpstreamClient};
 use crate::config::CaRoots;
 use crate::proxy::body;
 
@@ -203,13 +203,23 @@ async fn get_within(
     path: &str,
     timeout: Duration,
 ) -> (Version, String) {
-    let request = Request::get(format!("{base}{path}"))
-        .body(body::empty())
-        .unwrap();
-    let response = upstream.send(request, timeout, base).await.unwrap();
+    let response = send_within(upstream, base, path, timeout).await;
     let version = response.version();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (version, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// GET `path`, waiting up to `timeout` for the response headers; the body is not read.
+async fn send_within(
+    upstream: &Upstream,
+    base: &str,
+    path: &str,
+    timeout: Duration,
+) -> Response<UpstreamBody> {
+    let request = Request::get(format!("{base}{path}"))
+        .body(body::empty())
+        .unwrap();
+    upstream.send(request, timeout, base).await.unwrap()
 }
 
 fn pooled(upstream: &Upstream) -> (usize, usize) {
@@ -303,13 +313,13 @@ async fn an_http1_connection_is_pooled_as_soon_as_its_finished_body_is_dropped()
     let mock = mock(Offer::Plain, None).await;
     let upstream = mock.upstream();
     for i in 0..20 {
-        let request = Request::get(format!("{}/n/{i}", mock.url))
-            .body(body::empty())
-            .unwrap();
-        let response = upstream
-            .send(request, Duration::from_secs(5), &mock.url)
-            .await
-            .unwrap();
+        let response = send_within(
+            &upstream,
+            &mock.url,
+            &format!("/n/{i}"),
+            Duration::from_secs(5),
+        )
+        .await;
         let mut body = response.into_body();
         while let Some(frame) = body.frame().await {
             frame.unwrap();
@@ -327,13 +337,13 @@ async fn a_response_dropped_unread_leaves_its_connection_usable() {
     let mock = mock(Offer::Plain, None).await;
     let upstream = mock.upstream();
     for i in 0..5 {
-        let request = Request::get(format!("{}/unread/{i}", mock.url))
-            .body(body::empty())
-            .unwrap();
-        let response = upstream
-            .send(request, Duration::from_secs(5), &mock.url)
-            .await
-            .unwrap();
+        let response = send_within(
+            &upstream,
+            &mock.url,
+            &format!("/unread/{i}"),
+            Duration::from_secs(5),
+        )
+        .await;
         drop(response);
         until(|| pooled(&upstream) == (1, 0)).await;
     }
@@ -342,13 +352,7 @@ async fn a_response_dropped_unread_leaves_its_connection_usable() {
     assert_eq!(mock.opened(), 1, "one connection throughout");
     // A body abandoned half-way (4 MiB, one frame read) closes its connection; the next
     // request opens another.
-    let request = Request::get(format!("{}/big", mock.url))
-        .body(body::empty())
-        .unwrap();
-    let response = upstream
-        .send(request, Duration::from_secs(5), &mock.url)
-        .await
-        .unwrap();
+    let response = send_within(&upstream, &mock.url, "/big", Duration::from_secs(5)).await;
     let mut body = response.into_body();
     body.frame().await.unwrap().unwrap();
     drop(body);
