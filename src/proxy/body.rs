@@ -46,19 +46,16 @@ where
 /// dropped, or abandoned.
 pub struct Guarded<B, G> {
     inner: B,
-    _guard: G,
+    guard: G,
 }
 
 impl<B, G> Guarded<B, G> {
     pub fn new(inner: B, guard: G) -> Self {
-        Self {
-            inner,
-            _guard: guard,
-        }
+        Self { inner, guard }
     }
 
     pub fn guard(&self) -> &G {
-        &self._guard
+        &self.guard
     }
 }
 

@@ -28,8 +28,8 @@ use opentelemetry::context::FutureExt as _;
 pub struct Sent {
     /// The last response, or why the last attempt got none.
     pub result: Result<Response<UpstreamBody>, ProxyError>,
-    /// From the first attempt's send to the final response headers.
-    /// From the first attempt sent; `None` when none was (refused by the hold or pace).
+    /// From the first attempt's send to the final response headers; `None` when none was
+    /// sent (refused by the hold or pace).
     pub upstream_duration: Option<Duration>,
     /// The credential the last attempt carried.
     pub authorization: Option<Authorization>,
@@ -115,6 +115,8 @@ pub fn wait_for_token<'a, T: 'a>(
     })
 }
 
+/// Sends attempts until one's answer goes back to the client. `attempts_sent` counts the
+/// attempts sent, written as each leaves, so that it is right even if the client goes away.
 pub async fn send_with_retry(
     route: &Route,
     template: &UpstreamRequest,
